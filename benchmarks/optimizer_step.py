@@ -1,0 +1,96 @@
+"""How fast is one optimizer step, and how much state does it keep? Ratios to AdamW from one run.
+
+A Llama-style model of about 30M parameters is built locally (no download), every parameter gets a fixed
+random gradient, and each optimizer takes warm-up steps and then timed steps on the same parameters. The
+table gives the median step time, its ratio to ``torch.optim.AdamW`` (foreach) measured in the same
+process, and the optimizer's state bytes per parameter.
+
+Run:
+    python benchmarks/optimizer_step.py                 # CPU, 2 threads
+    python benchmarks/optimizer_step.py --device cuda   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lit_microopt import MicroAdam
+from lit_microopt.optim.memory import state_bytes_per_parameter
+
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
+
+#: (label, factory) for every optimizer in the table; the first is the baseline of the ratios.
+OPTIMIZERS: list[tuple[str, OptimizerFactory]] = [
+    ("AdamW (foreach)", lambda model: torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)),
+    ("MicroAdam m=10 d=0.01", lambda model: MicroAdam(model.named_parameters(), lr=1e-4)),
+]
+
+
+def llama_model(hidden: int = 512, layers: int = 8, vocab: int = 8000) -> torch.nn.Module:
+    """A Llama-shaped causal LM of about 30M parameters, built from a config (nothing is downloaded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+        num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def time_steps(
+    model: torch.nn.Module, factory: OptimizerFactory, gradients: list[torch.Tensor], warmup: int, steps: int
+) -> tuple[float, float]:
+    """Median seconds per ``step()`` and state bytes per parameter of the optimizer ``factory`` builds."""
+    params = list(model.parameters())
+    optimizer = factory(model)
+    times = []
+    for index in range(warmup + steps):
+        for param, gradient in zip(params, gradients):
+            param.grad = gradient.clone()  # MicroAdam uses p.grad as scratch: give each step a fresh copy
+        if params[0].is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.step()
+        if params[0].is_cuda:
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    bytes_per_param = state_bytes_per_parameter(optimizer)
+    del optimizer
+    return statistics.median(times), bytes_per_param
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the issue's figures use 2)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--only", nargs="*", help="labels to run besides the baseline (substring match)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = llama_model().to(args.device)
+    numel = sum(p.numel() for p in model.parameters())
+    gradients = [torch.randn_like(p) * 1e-3 for p in model.parameters()]
+
+    rows = []
+    for label, factory in OPTIMIZERS:
+        if args.only and rows and not any(part in label for part in args.only):
+            continue
+        rows.append((label, *time_steps(model, factory, gradients, args.warmup, args.steps)))
+    baseline = rows[0][1]
+    print(f"optimizer step, {numel / 1e6:.1f}M parameters, device={args.device}, threads={torch.get_num_threads()}")
+    print(f"| optimizer | median step (ms) | ratio to AdamW | state bytes/param |")
+    print(f"| --- | ---: | ---: | ---: |")
+    for label, seconds, bytes_per_param in rows:
+        print(f"| {label} | {seconds * 1e3:.1f} | {seconds / baseline:.2f}x | {bytes_per_param:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

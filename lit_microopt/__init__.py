@@ -1,0 +1,7 @@
+"""lit_microopt: MicroAdam and Adam-mini for PyTorch and PyTorch Lightning."""
+
+from lit_microopt.optim.microadam import MicroAdam
+
+__version__ = "0.1.0"
+
+__all__ = ["MicroAdam", "__version__"]

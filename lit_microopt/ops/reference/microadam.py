@@ -1,0 +1,246 @@
+"""MicroAdam's ops in pure PyTorch: the definition that the compiled kernels must match.
+
+Each op works on one flattened parameter tensor of ``d`` elements and follows a step of
+``spec/microadam.md`` (numbers in the comments). Vectorised throughout; the only Python loops run over
+slices of at most :data:`SLICE_ELEMENTS` elements, made of whole Top-K blocks or whole quantization
+buckets, which keeps every temporary small whatever the tensor's size (the spec allows transients below
+4 bytes per element; these stay at a few tens of MB).
+
+Layout reminders:
+
+- Top-K blocks: ``block_size`` contiguous elements; each full block keeps ``k_block`` entries and a last,
+  shorter block of ``r`` elements keeps ``ceil(r * density)``. Window columns are block-major, so column
+  ``c`` belongs to block ``c // k_block`` (true for the short block too, since it keeps at most ``k_block``).
+- Error feedback: 4-bit codes, element ``2j`` in the high nibble of byte ``j``; one bfloat16 (min, max) pair
+  per bucket of ``bucket_size`` contiguous elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import NamedTuple
+
+import torch
+
+from lit_microopt.ops.reference.random import uniform
+
+#: Largest slice processed at once; a multiple of every power-of-two block and bucket size.
+SLICE_ELEMENTS = 1 << 22
+
+
+class TopKLayout(NamedTuple):
+    """How a tensor of ``numel`` elements is cut into Top-K blocks and window columns."""
+
+    numel: int
+    block_size: int
+    k_block: int  # entries kept by a full block
+    num_full_blocks: int
+    k_last: int  # entries kept by the last, shorter block (0 when there is none)
+
+    @property
+    def k(self) -> int:
+        """Window columns: entries kept per step over the whole tensor."""
+        return self.num_full_blocks * self.k_block + self.k_last
+
+    @staticmethod
+    def of(numel: int, block_size: int, density: float) -> TopKLayout:
+        """The layout for ``numel`` elements; ``ceil(length * density)`` is computed exactly (no float error)."""
+
+        def kept(length: int) -> int:
+            return math.ceil(length * Fraction(repr(float(density))))
+
+        num_full, last = divmod(numel, block_size)
+        return TopKLayout(numel, block_size, kept(block_size), num_full, kept(last) if last else 0)
+
+
+def slices(length: int, unit: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` pairs covering ``[0, length)``, each a whole number of ``unit``s (but the last)."""
+    step = max(unit, SLICE_ELEMENTS // unit * unit)
+    for start in range(0, length, step):
+        yield start, min(start + step, length)
+
+
+def _bucket_rows(values: torch.Tensor, bucket_size: int, fill: torch.Tensor) -> torch.Tensor:
+    """``values`` as a (buckets, bucket_size) matrix; a shorter last bucket is padded with ``fill``."""
+    short = -values.numel() % bucket_size
+    if short:
+        values = torch.cat((values, fill.expand(short)))
+    return values.view(-1, bucket_size)
+
+
+def _unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte, high nibble first, as uint8 codes (two per byte)."""
+    return torch.stack((packed >> 4, packed & 0xF), dim=-1).view(-1)
+
+
+def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_unpack_codes`; an odd count is padded with a zero low nibble."""
+    if codes.numel() % 2:
+        codes = torch.cat((codes, codes.new_zeros(1)))
+    pairs = codes.view(-1, 2)
+    return (pairs[:, 0] << 4) | pairs[:, 1]
+
+
+def _bucket_units(bucket_min: torch.Tensor, bucket_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bucket, as float32 columns: ``lo`` and ``u = (hi - lo) / 15`` (step 5)."""
+    low = bucket_min.float()
+    return low.view(-1, 1), ((bucket_max.float() - low) / 15).view(-1, 1)
+
+
+def dequantize(
+    error_feedback: torch.Tensor,
+    bucket_min: torch.Tensor,
+    bucket_max: torch.Tensor,
+    bucket_size: int,
+    start: int,
+    stop: int,
+) -> torch.Tensor:
+    """``Q^-1(e) = lo + code * u`` in float32 for elements ``start..stop-1`` (``start`` on a bucket boundary)."""
+    codes = _unpack_codes(error_feedback[start // 2 : (stop + 1) // 2])[: stop - start]
+    low, unit = _bucket_units(
+        bucket_min[start // bucket_size : -(-stop // bucket_size)],
+        bucket_max[start // bucket_size : -(-stop // bucket_size)],
+    )
+    values = _bucket_rows(codes, bucket_size, codes.new_zeros(1)).float()
+    return values.mul_(unit).add_(low).view(-1)[: stop - start]
+
+
+def ef_dequant_add_(
+    accumulator: torch.Tensor,
+    error_feedback: torch.Tensor,
+    bucket_min: torch.Tensor,
+    bucket_max: torch.Tensor,
+    bucket_size: int,
+) -> None:
+    """Step 2: ``a += Q^-1(e)`` in place, in ``a``'s dtype (the sum is computed in float32, rounded once)."""
+    for start, stop in slices(accumulator.numel(), bucket_size):
+        accumulator[start:stop] += dequantize(error_feedback, bucket_min, bucket_max, bucket_size, start, stop)
+
+
+def window_positions(window_indices: torch.Tensor, layout: TopKLayout, first_column: int = 0) -> torch.Tensor:
+    """Flat element positions (int64) of window entries whose columns start at ``first_column``."""
+    columns = torch.arange(
+        first_column, first_column + window_indices.shape[-1], device=window_indices.device
+    )
+    return (columns // layout.k_block) * layout.block_size + window_indices.long()
+
+
+def block_topk(
+    accumulator: torch.Tensor,
+    indices_row: torch.Tensor,
+    values_row: torch.Tensor,
+    layout: TopKLayout,
+) -> None:
+    """Step 3: in every block keep the entries of largest ``|a|``; write their block-relative int16 indices and
+    ``bf16(a)`` values into one window row (ties: any choice)."""
+
+    def select(blocks: torch.Tensor, k: int, first_column: int) -> None:
+        chosen = blocks.abs().topk(k, dim=1, sorted=False).indices
+        columns = slice(first_column, first_column + chosen.numel())
+        indices_row[columns] = chosen.view(-1)
+        values_row[columns] = blocks.gather(1, chosen).view(-1)  # copy rounds to bfloat16
+
+    full = layout.num_full_blocks * layout.block_size
+    for start, stop in slices(full, layout.block_size):
+        blocks = accumulator[start:stop].view(-1, layout.block_size)
+        select(blocks, layout.k_block, start // layout.block_size * layout.k_block)
+    if layout.k_last:
+        select(accumulator[full:].view(1, -1), layout.k_last, layout.num_full_blocks * layout.k_block)
+
+
+def _round_outward_to_bfloat16(values: torch.Tensor, down: bool) -> torch.Tensor:
+    """Largest bfloat16 <= ``values`` (``down``) or smallest bfloat16 >= ``values``, from float32."""
+    rounded = values.to(torch.bfloat16)
+    wrong_side = rounded.float() > values if down else rounded.float() < values
+    step_to = torch.full_like(rounded, -math.inf if down else math.inf)
+    return torch.where(wrong_side, torch.nextafter(rounded, step_to), rounded)
+
+
+def ef_quantize_(
+    accumulator: torch.Tensor,
+    indices_row: torch.Tensor,
+    error_feedback: torch.Tensor,
+    bucket_min: torch.Tensor,
+    bucket_max: torch.Tensor,
+    bucket_size: int,
+    layout: TopKLayout,
+    stochastic: bool,
+    key: int,
+) -> None:
+    """Steps 4 and 5: remove what the window kept from ``a``, then quantize the remainder into ``e``.
+
+    ``a`` keeps the remainder afterwards. ``key`` selects the random stream of stochastic rounding
+    (:func:`lit_microopt.ops.reference.random.stream_key`); it is ignored for nearest rounding.
+    """
+    # Step 4: a[i] -= float(bf16(a[i])) at the kept positions (exactly zero for a bfloat16 gradient).
+    positions = window_positions(indices_row, layout)
+    kept = accumulator[positions].float()
+    accumulator[positions] = (kept - kept.to(torch.bfloat16).float()).to(accumulator.dtype)
+
+    # Step 5, per slice of whole buckets.
+    for start, stop in slices(accumulator.numel(), bucket_size):
+        remainder = accumulator[start:stop].float()
+        # Padding the last, shorter bucket with one of its own elements leaves its min and max unchanged.
+        rows = _bucket_rows(remainder, bucket_size, remainder[-1:])
+        buckets = slice(start // bucket_size, start // bucket_size + rows.shape[0])
+        bucket_min[buckets] = _round_outward_to_bfloat16(rows.amin(dim=1), down=True)
+        bucket_max[buckets] = _round_outward_to_bfloat16(rows.amax(dim=1), down=False)
+        low, unit = _bucket_units(bucket_min[buckets], bucket_max[buckets])
+        # u == 0 means lo == x == hi: dividing 0 by infinity gives the spec's code 0 without a branch.
+        unit = torch.where(unit > 0, unit, math.inf)
+        scaled = (rows - low).div_(unit)
+        if stochastic:
+            scaled += _bucket_rows(uniform(key, start, stop - start, rows.device), bucket_size, rows.new_zeros(1))
+        else:
+            scaled += 0.5
+        codes = scaled.floor_().clamp_(0, 15).to(torch.uint8).view(-1)[: stop - start]
+        error_feedback[start // 2 : (stop + 1) // 2] = _pack_codes(codes)
+
+
+def window_adam_update_(
+    param: torch.Tensor,
+    window_indices: torch.Tensor,
+    window_values: torch.Tensor,
+    row_weights1: torch.Tensor,
+    row_weights2: torch.Tensor,
+    layout: TopKLayout,
+    c1: float,
+    c2: float,
+    eps: float,
+    lr: float,
+    weight_decay: float,
+) -> None:
+    """Steps 6 and 7: Adam's moments from the window's filled rows, decoupled weight decay, the update.
+
+    ``window_indices``/``window_values`` hold only the filled rows; ``row_weights1[r] = beta1 ** age(r)`` and
+    ``row_weights2[r] = beta2 ** age(r)`` in float32. Only positions with a window entry move (besides decay).
+    """
+    if weight_decay > 0:
+        param.mul_(1 - lr * weight_decay)  # step 7, every element
+    weights1 = row_weights1.view(-1, 1)
+    weights2 = row_weights2.view(-1, 1)
+    blocks = layout.num_full_blocks + (1 if layout.k_last else 0)
+    blocks_per_slice = max(1, SLICE_ELEMENTS // layout.block_size)
+    for block_start in range(0, blocks, blocks_per_slice):
+        block_stop = min(block_start + blocks_per_slice, blocks)
+        first_column = block_start * layout.k_block
+        columns = slice(first_column, min(block_stop * layout.k_block, layout.k))
+        offset = block_start * layout.block_size
+        length = min(block_stop * layout.block_size, layout.numel) - offset
+        # Positions relative to this slice; the same position may appear in several rows. Entries are taken
+        # column by column (transposed) so that consecutive ones fall in the same block: cache-friendly.
+        positions = window_positions(window_indices[:, columns], layout, first_column) - offset
+        flat_positions = positions.t().reshape(-1)
+        values = window_values[:, columns].float()
+        # Step 6: S1 = sum beta1^age * v, S2 = sum beta2^age * v^2 per position, float32.
+        sum1 = torch.zeros(length, dtype=torch.float32, device=param.device)
+        sum2 = torch.zeros(length, dtype=torch.float32, device=param.device)
+        sum1.index_add_(0, flat_positions, (values * weights1).t().reshape(-1))
+        sum2.index_add_(0, flat_positions, (values * values * weights2).t().reshape(-1))
+        denominator = (c2 * sum2[flat_positions]).sqrt() + eps
+        update = torch.where(denominator > 0, c1 * sum1[flat_positions] / denominator, 0.0)
+        # Step 7: p -= lr * u. Duplicated positions compute the same new value, so writing it twice is exact.
+        target = param[offset : offset + length]
+        target[flat_positions] = (target[flat_positions].float() - lr * update).to(param.dtype)

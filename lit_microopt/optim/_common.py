@@ -1,0 +1,133 @@
+"""What MicroAdam and Adam-mini share: argument checks, the finite-gradient check and exact state loading.
+
+Both optimizers keep state tensors whose dtype is part of their meaning (int16 indices, uint8 codes,
+bfloat16 statistics next to float32 parameters). PyTorch's ``Optimizer.load_state_dict`` casts floating
+state to the parameter's dtype, so :class:`ExactStateOptimizer` restores every saved tensor with its own
+dtype, after the subclass has checked that the saved state fits the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+SUPPORTED_PARAMETER_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_common_hyperparameters(owner: str, group: dict[str, Any], where: str = "") -> None:
+    """Raise ``ValueError`` when ``lr``, ``betas``, ``eps`` or ``weight_decay`` of ``group`` is out of range.
+
+    Args:
+        owner: the optimizer's class name, for the message.
+        group: a dict holding the four hyper-parameters.
+        where: text naming the param group (``" in param group 1"``), empty for the constructor.
+    """
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"{owner}: lr{where} must be a number or a one-element tensor, got shape {tuple(lr.shape)}.")
+        lr = lr.item()
+    if not lr >= 0.0:
+        raise ValueError(f"{owner}: lr{where} must be >= 0, got {lr}.")
+    betas = group["betas"]
+    if not (isinstance(betas, Sequence) and len(betas) == 2):
+        raise ValueError(f"{owner}: betas{where} must be a pair (beta1, beta2), got {betas!r}.")
+    for index, beta in enumerate(betas):
+        if not 0.0 <= float(beta) < 1.0:
+            raise ValueError(f"{owner}: betas[{index}]{where} must be in [0, 1), got {beta}.")
+    if not float(group["eps"]) >= 0.0:
+        raise ValueError(f"{owner}: eps{where} must be >= 0, got {group['eps']}.")
+    if not float(group["weight_decay"]) >= 0.0:
+        raise ValueError(f"{owner}: weight_decay{where} must be >= 0, got {group['weight_decay']}.")
+
+
+def check_gradient_types(owner: str, named_gradients: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Raise ``TypeError`` for sparse or complex gradients and unsupported dtypes, before anything changes."""
+    for name, grad in named_gradients:
+        if grad.is_sparse:
+            raise TypeError(f"{owner} does not support sparse gradients ({name}); use dense gradients, e.g. nn.Embedding(sparse=False).")
+        if grad.is_complex():
+            raise TypeError(f"{owner} does not support complex parameters ({name}); optimise the real and imaginary parts as real tensors.")
+        if grad.dtype not in SUPPORTED_PARAMETER_DTYPES:
+            raise TypeError(
+                f"{owner} supports float32, bfloat16 and float16 parameters, but {name} has a {grad.dtype} gradient; "
+                "convert the model with .float(), .bfloat16() or .half()."
+            )
+
+
+def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity.
+
+    One device synchronisation per device, whatever the number of tensors.
+    """
+    flags_by_device: dict[torch.device, list[torch.Tensor]] = {}
+    names_by_device: dict[torch.device, list[str]] = {}
+    for name, grad in named_gradients:
+        flags_by_device.setdefault(grad.device, []).append(torch.isfinite(grad).all())
+        names_by_device.setdefault(grad.device, []).append(name)
+    bad = []
+    for device, flags in flags_by_device.items():
+        finite = torch.stack(flags).cpu().tolist()
+        bad.extend(name for name, ok in zip(names_by_device[device], finite) if not ok)
+    if bad:
+        raise FloatingPointError(
+            f"{owner}: non-finite gradient (NaN or inf) in {', '.join(bad)}; nothing was updated. "
+            "Lower the learning rate, clip gradients, or pass check_finite=False when a GradScaler handles overflow."
+        )
+
+
+def parameter_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    """A name for every parameter, in ``state_dict`` order: its ``param_names`` entry, else its position."""
+    names = []
+    for group_index, group in enumerate(optimizer.param_groups):
+        given = group.get("param_names")
+        for index in range(len(group["params"])):
+            names.append(given[index] if given else f"param_groups[{group_index}].params[{index}]")
+    return names
+
+
+class ExactStateOptimizer(torch.optim.Optimizer):
+    """An ``Optimizer`` whose ``load_state_dict`` checks the state first and keeps every tensor's dtype.
+
+    Subclasses implement :meth:`_check_loaded_state`, which raises ``ValueError`` when the saved state does not
+    fit; nothing is changed when it raises.
+    """
+
+    #: State keys kept on the CPU whatever the parameter's device (step counts: read without a device sync).
+    host_state_keys: tuple[str, ...] = ("step",)
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:  # pragma: no cover - overridden
+        """Raise ``ValueError`` naming the parameter and what differs when ``state_dict`` does not fit."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by ``state_dict()``; every tensor keeps its saved dtype.
+
+        Raises:
+            ValueError: the state was saved by a differently configured optimizer or for other parameters.
+        """
+        if len(state_dict["param_groups"]) != len(self.param_groups) or any(
+            len(saved["params"]) != len(group["params"])
+            for saved, group in zip(state_dict["param_groups"], self.param_groups)
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: the state dict has a different number of parameter groups or parameters "
+                "than this optimizer; build the optimizer from the same model and groups as the saved one."
+            )
+        self._check_loaded_state(state_dict)
+        super().load_state_dict(state_dict)
+        # PyTorch cast floating state to each parameter's dtype: put back the saved tensors, dtypes intact.
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        for param, saved_id in zip(params, saved_ids):
+            saved_state = state_dict["state"].get(saved_id)
+            if saved_state is None:
+                continue
+            restored = {}
+            for key, value in saved_state.items():
+                if isinstance(value, torch.Tensor):
+                    device = "cpu" if key in self.host_state_keys else param.device
+                    value = value.detach().to(device=device, copy=True)
+                restored[key] = value
+            self.state[param] = restored

@@ -1,0 +1,357 @@
+"""MicroAdam (Modoranu et al., NeurIPS 2024): Adam statistics rebuilt at every step from a sliding window
+of Top-K sparse gradients, with the discarded part kept as 4-bit error feedback.
+
+The algorithm, every detail of its state and its step order are fixed by ``spec/microadam.md``; the maths of
+each step lives in :mod:`lit_microopt.ops`, this module owns the constructor, the state and the order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lit_microopt import ops
+from lit_microopt.ops.reference.microadam import TopKLayout, slices
+from lit_microopt.optim._common import (
+    SUPPORTED_PARAMETER_DTYPES,
+    ExactStateOptimizer,
+    check_common_hyperparameters,
+    check_gradient_types,
+    check_gradients_finite,
+    parameter_names,
+)
+from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry
+
+#: Hyper-parameters that shape the state: a saved state only fits an optimizer with the same values.
+LAYOUT_HYPERPARAMETERS = ("m", "density", "block_size", "quant_bucket_size")
+EF_ROUNDING_MODES = ("nearest", "stochastic")
+MAX_BLOCK_SIZE = 32768  # block-relative indices are stored as int16
+
+
+def _check_microadam_hyperparameters(group: dict[str, Any], where: str = "") -> None:
+    """Raise ``ValueError`` naming the first out-of-range hyper-parameter of ``group``."""
+    check_common_hyperparameters("MicroAdam", group, where)
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    m, density = group["m"], group["density"]
+    block_size, bucket_size = group["block_size"], group["quant_bucket_size"]
+    if not (is_int(m) and m >= 1):
+        raise ValueError(f"MicroAdam: m{where} (window length) must be an integer >= 1, got {m!r}.")
+    if not (isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1):
+        raise ValueError(f"MicroAdam: density{where} must be in (0, 1], got {density!r}.")
+    if not (is_int(block_size) and 1 <= block_size <= MAX_BLOCK_SIZE):
+        raise ValueError(
+            f"MicroAdam: block_size{where} must be an integer in [1, {MAX_BLOCK_SIZE}] "
+            f"(indices are stored as int16), got {block_size!r}."
+        )
+    if not (is_int(bucket_size) and bucket_size >= 2 and bucket_size % 2 == 0):
+        raise ValueError(
+            f"MicroAdam: quant_bucket_size{where} must be an even integer >= 2, got {bucket_size!r}."
+        )
+    if group["ef_rounding"] not in EF_ROUNDING_MODES:
+        raise ValueError(
+            f"MicroAdam: ef_rounding{where} must be 'nearest' or 'stochastic', got {group['ef_rounding']!r}."
+        )
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of ``tensor``, or a contiguous copy when it has no such view."""
+    return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1).clone()
+
+
+class MicroAdam(ExactStateOptimizer):
+    """MicroAdam: Adam with about 0.9 bytes of state per parameter, for fine-tuning.
+
+    Each step keeps the ``density`` largest entries (by magnitude) of every block of ``block_size`` elements
+    of the error-corrected gradient in a window of the last ``m`` steps, from which Adam's first and second
+    moments are rebuilt. What Top-K discards goes into a 4-bit error feedback (one bfloat16 min/max pair per
+    ``quant_bucket_size`` elements) and is added back at the next step. Weight decay is decoupled (AdamW's).
+
+    State per parameter of ``d`` elements: ``4 * m * density + 0.5 + 4 / quant_bucket_size`` bytes per element
+    (0.9625 at the defaults), plus an int64 step count and an int64 rounding seed.
+
+    .. note:: ``p.grad`` is used as the working buffer of the step: after ``step()`` its content is
+       unspecified. Read or clip gradients before calling ``step()``.
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim.Optimizer`` (named parameters too:
+            names then appear in error messages and telemetry).
+        lr: learning rate (per group).
+        betas: ``(beta1, beta2)`` of Adam (per group; an LR scheduler may cycle them).
+        eps: added to the denominator (per group).
+        weight_decay: decoupled weight decay, applied to every element (per group).
+        m: window length in steps.
+        density: fraction of each block kept per step, in (0, 1].
+        block_size: Top-K block length, 1 to 32768.
+        quant_bucket_size: elements per quantization bucket (even, >= 2).
+        ef_rounding: ``"nearest"`` or ``"stochastic"`` (unbiased) rounding of the error feedback.
+        check_finite: raise ``FloatingPointError`` before changing anything when a gradient holds a NaN or an
+            infinity (one device sync per step). Pass ``False`` when a ``GradScaler`` owns that check.
+
+    Raises:
+        ValueError: a hyper-parameter is out of range (the message names it and the range).
+        TypeError: a parameter's dtype is not float32, bfloat16 or float16.
+
+    Example:
+        >>> model = torch.nn.Linear(64, 64)
+        >>> optimizer = MicroAdam(model.parameters(), lr=1e-4, m=10, density=0.01)
+        >>> model(torch.randn(8, 64)).square().mean().backward()
+        >>> optimizer.step()
+        >>> optimizer.zero_grad()
+    """
+
+    host_state_keys = ("step", "rounding_seed")
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        m: int = 10,
+        density: float = 0.01,
+        block_size: int = 8192,
+        quant_bucket_size: int = 64,
+        ef_rounding: str = "nearest",
+        check_finite: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+            weight_decay=weight_decay, m=m, density=density, block_size=block_size,
+            quant_bucket_size=quant_bucket_size, ef_rounding=ef_rounding,
+        )
+        _check_microadam_hyperparameters(defaults)
+        self.check_finite = check_finite
+        self._telemetry_requested = False
+        self.telemetry: MicroAdamTelemetry | None = None
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its own hyper-parameters are checked like the constructor's."""
+        where = f" in param group {len(self.param_groups)}"
+        _check_microadam_hyperparameters({**self.defaults, **param_group}, where)
+        super().add_param_group(param_group)
+        for param in self.param_groups[-1]["params"]:
+            if param.dtype not in SUPPORTED_PARAMETER_DTYPES:
+                self.param_groups.pop()
+                raise TypeError(
+                    f"MicroAdam supports float32, bfloat16 and float16 parameters, got a {param.dtype} "
+                    f"parameter{where}; convert the model with .float(), .bfloat16() or .half()."
+                )
+
+    def request_telemetry(self) -> None:
+        """Compute statistics during the next ``step()``; they appear in :attr:`telemetry` afterwards.
+
+        Statistics cost extra passes over the gradients, so they are only computed on request (a callback
+        asks before the step it will log).
+        """
+        self._telemetry_requested = True
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def layout(numel: int, group: dict[str, Any]) -> TopKLayout:
+        """The Top-K block layout of a tensor of ``numel`` elements under ``group``'s hyper-parameters."""
+        return TopKLayout.of(numel, group["block_size"], group["density"])
+
+    @staticmethod
+    def expected_state_shapes(numel: int, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every state tensor of a parameter with ``numel`` elements (spec's table)."""
+        k = TopKLayout.of(numel, group["block_size"], group["density"]).k
+        buckets = -(-numel // group["quant_bucket_size"])
+        return {
+            "step": ((), torch.int64),
+            "rounding_seed": ((), torch.int64),
+            "window_indices": ((group["m"], k), torch.int16),
+            "window_values": ((group["m"], k), torch.bfloat16),
+            "error_feedback": ((-(-numel // 2),), torch.uint8),
+            "bucket_min": ((buckets,), torch.bfloat16),
+            "bucket_max": ((buckets,), torch.bfloat16),
+        }
+
+    def _init_state(self, param: torch.Tensor, group: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+        state = {}
+        for key, (shape, dtype) in self.expected_state_shapes(param.numel(), group).items():
+            device = "cpu" if key in self.host_state_keys else param.device
+            state[key] = torch.zeros(shape, dtype=dtype, device=device)
+        # The stochastic-rounding stream of this tensor: deterministic, saved, independent of other tensors.
+        state["rounding_seed"].fill_(seed)
+        return state
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
+        names = parameter_names(self)
+        position = 0
+        for index, (group, saved_group) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+            for key in LAYOUT_HYPERPARAMETERS:
+                if key in saved_group and saved_group[key] != group[key]:
+                    raise ValueError(
+                        f"MicroAdam: the state dict was saved with {key}={saved_group[key]!r} in param group "
+                        f"{index}, but this optimizer has {key}={group[key]!r}; build the optimizer with "
+                        f"{key}={saved_group[key]!r} to load it."
+                    )
+            for param, saved_id in zip(group["params"], saved_group["params"]):
+                name = names[position]
+                position += 1
+                saved_state = state_dict["state"].get(saved_id)
+                if not saved_state:
+                    continue
+                for key, (shape, dtype) in self.expected_state_shapes(param.numel(), group).items():
+                    value = saved_state.get(key)
+                    if not isinstance(value, torch.Tensor):
+                        raise ValueError(
+                            f"MicroAdam: the saved state of {name} has no tensor {key!r}; load a state dict "
+                            "saved by MicroAdam for the same model."
+                        )
+                    if tuple(value.shape) != shape or value.dtype != dtype:
+                        raise ValueError(
+                            f"MicroAdam: the saved {key} of {name} is {value.dtype} {tuple(value.shape)}, but this "
+                            f"parameter ({param.numel()} elements) needs {dtype} {shape}; load a state dict saved "
+                            "for the same model with the same m, density, block_size and quant_bucket_size."
+                        )
+
+    # -- the step --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """Take one optimization step (spec steps 1 to 7 for every parameter that has a gradient).
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Raises:
+            FloatingPointError: a gradient holds a NaN or an infinity (with ``check_finite``); nothing changed.
+            TypeError: a gradient is sparse, complex or of an unsupported dtype; nothing changed.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        names = parameter_names(self)
+        work = []  # (group index, parameter, name, position) for every parameter with a non-empty gradient
+        position = 0
+        for group_index, group in enumerate(self.param_groups):
+            for param in group["params"]:
+                if param.grad is not None and param.numel() > 0:
+                    work.append((group_index, param, names[position], position))
+                position += 1
+        named_gradients = [(name, param.grad) for _, param, name, _ in work]
+        check_gradient_types("MicroAdam", named_gradients)
+        if self.check_finite and named_gradients:
+            check_gradients_finite("MicroAdam", named_gradients)
+
+        telemetry = MicroAdamTelemetry(
+            per_group=[MicroAdamStatistics() for _ in self.param_groups]
+        ) if self._telemetry_requested else None
+        self._telemetry_requested = False
+        for group_index, param, name, position in work:
+            group = self.param_groups[group_index]
+            state = self.state[param]
+            if not state:
+                state.update(self._init_state(param, group, seed=position))
+            statistics = self._step_parameter(param, group, state, collect=telemetry is not None)
+            if telemetry is not None:
+                telemetry.per_parameter[name] = statistics
+                telemetry.per_group[group_index] = telemetry.per_group[group_index] + statistics
+        if telemetry is not None:
+            self.telemetry = telemetry
+        return loss
+
+    def _step_parameter(
+        self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool
+    ) -> MicroAdamStatistics | None:
+        beta1, beta2 = (float(beta) for beta in group["betas"])
+        lr = float(group["lr"])
+        m, bucket_size = group["m"], group["quant_bucket_size"]
+        layout = self.layout(param.numel(), group)
+        indices, values = state["window_indices"], state["window_values"]
+        error_feedback, bucket_min, bucket_max = state["error_feedback"], state["bucket_min"], state["bucket_max"]
+
+        # Step 1.
+        state["step"] += 1
+        t = int(state["step"])
+        row = (t - 1) % m
+        accumulator = _flat(param.grad)
+
+        # Step 2: a = g + Q^-1(e).
+        ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+        # Step 3: Top-K of every block into window row (t - 1) mod m.
+        ops.block_topk(accumulator, indices[row], values[row], layout)
+        if collect:
+            accumulator_sq = accumulator.double().square().sum()
+            kept = accumulator[ops.window_positions(indices[row], layout)]
+            discarded_sq = (accumulator_sq - kept.double().square().sum()).clamp_(min=0)
+        # Steps 4 and 5: remove what was kept, quantize the remainder.
+        key = ops.stream_key(int(state["rounding_seed"]), t)
+        stochastic = group["ef_rounding"] == "stochastic"
+        ops.ef_quantize_(
+            accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout, stochastic, key
+        )
+
+        # Steps 6 and 7, over the filled rows; age(row) = (t - 1 - row) mod m.
+        filled = min(t, m)
+        ages = [(t - 1 - r) % m for r in range(filled)]
+        weights1 = torch.tensor([beta1**age for age in ages], dtype=torch.float32, device=param.device)
+        weights2 = torch.tensor([beta2**age for age in ages], dtype=torch.float32, device=param.device)
+        c1 = (1 - beta1) / (1 - beta1**t)
+        c2 = (1 - beta2) / (1 - beta2**t)
+        target = _flat(param)
+        ops.window_adam_update_(
+            target, indices[:filled], values[:filled], weights1, weights2, layout,
+            c1, c2, float(group["eps"]), lr, float(group["weight_decay"]),
+        )
+        if target.data_ptr() != param.data_ptr():
+            param.copy_(target.view_as(param))
+
+        if not collect:
+            return None
+        return self._statistics(
+            accumulator, state, layout, group, filled, float(accumulator_sq), float(discarded_sq)
+        )
+
+    @staticmethod
+    def _statistics(
+        remainder: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        layout: TopKLayout,
+        group: dict[str, Any],
+        filled: int,
+        accumulator_sq: float,
+        discarded_sq: float,
+    ) -> MicroAdamStatistics:
+        """The spec's telemetry for one parameter, after its step (``remainder`` still holds ``r``)."""
+        bucket_size = group["quant_bucket_size"]
+        remainder_sq = quantization_error_sq = error_feedback_sq = 0.0
+        for start, stop in slices(layout.numel, bucket_size):
+            decoded = ops.dequantize(
+                state["error_feedback"], state["bucket_min"], state["bucket_max"], bucket_size, start, stop
+            ).double()
+            exact = remainder[start:stop].double()
+            remainder_sq += float(exact.square().sum())
+            quantization_error_sq += float((decoded - exact).square().sum())
+            error_feedback_sq += float(decoded.square().sum())
+        positions = ops.window_positions(state["window_indices"][:filled], layout)
+        return MicroAdamStatistics(
+            accumulator_sq=accumulator_sq,
+            discarded_sq=discarded_sq,
+            remainder_sq=remainder_sq,
+            quantization_error_sq=quantization_error_sq,
+            error_feedback_sq=error_feedback_sq,
+            filled_entries=filled * layout.k,
+            window_entries=group["m"] * layout.k,
+            support=int(torch.unique(positions).numel()),
+            numel=layout.numel,
+        )
+
+    def bytes_per_element(self, group_index: int = 0) -> float:
+        """The spec's state size for large tensors under a group's settings: ``4*m*density + 0.5 + 4/q``."""
+        group = self.param_groups[group_index]
+        return 4 * group["m"] * group["density"] + 0.5 + 4 / group["quant_bucket_size"]
+
+
+__all__ = ["MicroAdam"]
