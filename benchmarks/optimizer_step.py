@@ -3,7 +3,8 @@
 A Llama-style model of about 30M parameters is built locally (no download), every parameter gets a fixed
 random gradient, and each optimizer takes warm-up steps and then timed steps on the same parameters. The
 table gives the median step time, its ratio to ``torch.optim.AdamW`` (foreach) measured in the same
-process, and the optimizer's state bytes per parameter.
+process, and the optimizer's state bytes per parameter. Rows marked "reference" force the pure-PyTorch ops
+(``LIT_MICROOPT_BACKEND=reference``); the others use the compiled kernels where built.
 
 Run:
     python benchmarks/optimizer_step.py                 # CPU, 2 threads
@@ -13,21 +14,36 @@ Run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from lit_microopt import MicroAdam
+from lit_microopt import AdamMini, MicroAdam
+from lit_microopt.ops.dispatch import BACKEND_VARIABLE, kernels_report
 from lit_microopt.optim.memory import state_bytes_per_parameter
 
 OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
-#: (label, factory) for every optimizer in the table; the first is the baseline of the ratios.
-OPTIMIZERS: list[tuple[str, OptimizerFactory]] = [
-    ("AdamW (foreach)", lambda model: torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)),
-    ("MicroAdam m=10 d=0.01", lambda model: MicroAdam(model.named_parameters(), lr=1e-4)),
+#: (label, factory, LIT_MICROOPT_BACKEND) for every optimizer in the table; the first is the ratios' baseline.
+def _official_adam_mini(model: torch.nn.Module) -> torch.optim.Optimizer:
+    from adam_mini import Adam_mini  # the reference implementation, a test-only dependency (adam-mini==1.1.1)
+
+    config = model.config
+    return Adam_mini(model.named_parameters(), lr=1e-4, dim=config.hidden_size, n_heads=config.num_attention_heads,
+                     n_kv_heads=config.num_key_value_heads, verbose=False)
+
+
+OPTIMIZERS: list[tuple[str, OptimizerFactory, str]] = [
+    ("AdamW (foreach)", lambda model: torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True), "auto"),
+    ("MicroAdam", lambda model: MicroAdam(model.named_parameters(), lr=1e-4), "auto"),
+    ("MicroAdam, reference", lambda model: MicroAdam(model.named_parameters(), lr=1e-4), "reference"),
+    ("adam-mini 1.1.1 (official)", _official_adam_mini, "auto"),
+    ("AdamMini", lambda model: AdamMini.from_model(model, lr=1e-4), "auto"),
+    ("AdamMini, reference", lambda model: AdamMini.from_model(model, lr=1e-4), "reference"),
+    ("AdamMini state_dtype=bf16", lambda model: AdamMini.from_model(model, lr=1e-4, state_dtype=torch.bfloat16), "auto"),
 ]
 
 
@@ -80,11 +96,14 @@ def main() -> None:
     gradients = [torch.randn_like(p) * 1e-3 for p in model.parameters()]
 
     rows = []
-    for label, factory in OPTIMIZERS:
+    for label, factory, backend in OPTIMIZERS:
         if args.only and rows and not any(part in label for part in args.only):
             continue
+        os.environ[BACKEND_VARIABLE] = backend
         rows.append((label, *time_steps(model, factory, gradients, args.warmup, args.steps)))
+    os.environ.pop(BACKEND_VARIABLE)
     baseline = rows[0][1]
+    print(kernels_report())
     print(f"optimizer step, {numel / 1e6:.1f}M parameters, device={args.device}, threads={torch.get_num_threads()}")
     print(f"| optimizer | median step (ms) | ratio to AdamW | state bytes/param |")
     print(f"| --- | ---: | ---: | ---: |")

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-"${pip[@]}" --upgrade pip "setuptools>=64" wheel
+"${pip[@]}" --upgrade pip "setuptools>=77" wheel ninja
 # PyTorch first: the package is built against the PyTorch already installed (--no-build-isolation), so
 # that its compiled parts match it; build isolation would fetch another PyTorch for the build.
 "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"

@@ -1,27 +1,72 @@
-"""The optimizers' ops: one function per op of ``spec/kernels.md``.
+"""The optimizers' ops, one function per op of ``spec/kernels.md``.
 
-Today every op is its pure-PyTorch reference (:mod:`lit_microopt.ops.reference`); the compiled kernels
-register under the same names and this module will choose per tensor device.
+Each function runs the compiled kernel for its tensors' device when it is built, else the pure-PyTorch
+reference of :mod:`lit_microopt.ops.reference` (see :mod:`lit_microopt.ops.dispatch` for the rules and the
+``LIT_MICROOPT_BACKEND`` override). Arguments are those of the reference; the Top-K block layout travels as
+a :class:`TopKLayout`.
 """
 
-from lit_microopt.ops.reference.microadam import (
-    TopKLayout,
-    block_topk,
-    dequantize,
-    ef_dequant_add_,
-    ef_quantize_,
-    window_adam_update_,
-    window_positions,
-)
+from __future__ import annotations
+
+import torch
+
+from lit_microopt.ops.dispatch import compiled_available, kernels_report, use_compiled
+from lit_microopt.ops.reference import microadam as _reference
+from lit_microopt.ops.reference.microadam import TopKLayout, dequantize, slices, window_positions
 from lit_microopt.ops.reference.random import stream_key
+
+_compiled = torch.ops.lit_microopt
+
+
+def ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size: int) -> None:
+    """Step 2: ``a += Q^-1(e)`` in place."""
+    if use_compiled(accumulator, "ef_dequant_add_"):
+        _compiled.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+    else:
+        _reference.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+
+
+def block_topk(accumulator, indices_row, values_row, layout: TopKLayout) -> None:
+    """Step 3: the Top-K of every block into one window row."""
+    if use_compiled(accumulator, "block_topk"):
+        _compiled.block_topk(accumulator, indices_row, values_row, layout.block_size, layout.k_block, layout.k_last)
+    else:
+        _reference.block_topk(accumulator, indices_row, values_row, layout)
+
+
+def ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size: int,
+                 layout: TopKLayout, stochastic: bool, key: int) -> None:
+    """Steps 4 and 5: remove the kept entries, quantize the remainder into the error feedback."""
+    if use_compiled(accumulator, "ef_quantize_"):
+        _compiled.ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                               layout.block_size, layout.k_block, stochastic, key)
+    else:
+        _reference.ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                                layout, stochastic, key)
+
+
+def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout: TopKLayout,
+                        c1: float, c2: float, eps: float, lr: float, weight_decay: float) -> None:
+    """Steps 6 and 7: moments from the window, weight decay, the update."""
+    if use_compiled(param, "window_adam_update_"):
+        _compiled.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2,
+                                      layout.block_size, layout.k_block, c1, c2, eps, lr, weight_decay)
+    else:
+        _reference.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout,
+                                       c1, c2, eps, lr, weight_decay)
+
 
 __all__ = [
     "TopKLayout",
     "block_topk",
+    "compiled_available",
     "dequantize",
     "ef_dequant_add_",
     "ef_quantize_",
+    "kernels_report",
+    "slices",
     "stream_key",
+    "use_compiled",
     "window_adam_update_",
     "window_positions",
 ]

@@ -1,6 +1,16 @@
 """The optimizers: plain ``torch.optim.Optimizer`` subclasses, usable without Lightning."""
 
+from lit_microopt.optim.adam_mini import AdamMini
 from lit_microopt.optim.memory import optimizer_state_bytes, state_bytes_per_parameter
 from lit_microopt.optim.microadam import MicroAdam
+from lit_microopt.optim.partition import BlockLayout, HeadConfig, partition_parameter
 
-__all__ = ["MicroAdam", "optimizer_state_bytes", "state_bytes_per_parameter"]
+__all__ = [
+    "AdamMini",
+    "BlockLayout",
+    "HeadConfig",
+    "MicroAdam",
+    "optimizer_state_bytes",
+    "partition_parameter",
+    "state_bytes_per_parameter",
+]

@@ -65,7 +65,9 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
     flags_by_device: dict[torch.device, list[torch.Tensor]] = {}
     names_by_device: dict[torch.device, list[str]] = {}
     for name, grad in named_gradients:
-        flags_by_device.setdefault(grad.device, []).append(torch.isfinite(grad).all())
+        # min and max in one pass: both are finite exactly when every element is (NaN propagates).
+        extremes = torch.stack(torch.aminmax(grad.reshape(-1))) if grad.numel() else grad.new_zeros(2)
+        flags_by_device.setdefault(grad.device, []).append(torch.isfinite(extremes).all())
         names_by_device.setdefault(grad.device, []).append(name)
     bad = []
     for device, flags in flags_by_device.items():

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from lit_microopt import ops
-from lit_microopt.ops.reference.microadam import TopKLayout, slices
+from lit_microopt.ops.reference.microadam import MAX_BLOCK_SIZE, TopKLayout, slices
 from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
@@ -26,7 +26,6 @@ from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry
 #: Hyper-parameters that shape the state: a saved state only fits an optimizer with the same values.
 LAYOUT_HYPERPARAMETERS = ("m", "density", "block_size", "quant_bucket_size")
 EF_ROUNDING_MODES = ("nearest", "stochastic")
-MAX_BLOCK_SIZE = 32768  # block-relative indices are stored as int16
 
 
 def _check_microadam_hyperparameters(group: dict[str, Any], where: str = "") -> None:

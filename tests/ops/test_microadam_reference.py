@@ -88,8 +88,9 @@ def test_quantize_then_dequantize_reproduces_the_remainder(device, dtype, numel,
 
 
 def test_packing_puts_the_even_element_in_the_high_nibble():
-    codes = torch.tensor([1, 2, 15, 0, 7], dtype=torch.uint8)
-    packed = reference._pack_codes(codes)
+    codes = torch.tensor([1.0, 2.0, 15.0, 0.0, 7.0])
+    packed = torch.zeros(3, dtype=torch.uint8)
+    reference._pack_codes(codes, packed)
     assert packed.tolist() == [0x12, 0xF0, 0x70]
     assert reference._unpack_codes(packed)[:5].tolist() == codes.tolist()
 

@@ -2,15 +2,15 @@
 
 import torch
 
-from lit_microopt.ops.reference.random import hash32, stream_key, uniform
+from lit_microopt.ops.reference.random import hash32, hash32_tensor, stream_key, uniform
 
 
 def test_hash_of_ints_and_tensors_agree():
-    values = [0, 1, 2, 12345, 2**31, 2**32 - 1]
-    hashed = hash32(torch.tensor(values, dtype=torch.int64))
-    assert hashed.tolist() == [hash32(v) for v in values]
-    assert all(0 <= h < 2**32 for h in hashed.tolist())
-    assert len(set(hashed.tolist())) == len(values)
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1] + torch.randint(0, 2**32, (1000,)).tolist()
+    as_int32 = torch.tensor([v - 2**32 if v >= 2**31 else v for v in values], dtype=torch.int32)
+    hashed = [h % 2**32 for h in hash32_tensor(as_int32).tolist()]
+    assert hashed == [hash32(v) for v in values]
+    assert all(0 <= h < 2**32 for h in hashed)
 
 
 def test_uniform_is_in_range_and_balanced():

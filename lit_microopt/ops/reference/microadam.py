@@ -26,6 +26,8 @@ import torch
 
 from lit_microopt.ops.reference.random import uniform
 
+#: Largest Top-K block: block-relative positions are stored as int16.
+MAX_BLOCK_SIZE = 32768
 #: Largest slice processed at once; a multiple of every power-of-two block and bucket size.
 SLICE_ELEMENTS = 1 << 22
 
@@ -71,16 +73,20 @@ def _bucket_rows(values: torch.Tensor, bucket_size: int, fill: torch.Tensor) -> 
 
 
 def _unpack_codes(packed: torch.Tensor) -> torch.Tensor:
-    """Two 4-bit codes per byte, high nibble first, as uint8 codes (two per byte)."""
-    return torch.stack((packed >> 4, packed & 0xF), dim=-1).view(-1)
+    """Two 4-bit codes per byte, high nibble first, as float32 (two per byte)."""
+    codes = torch.empty(packed.numel(), 2, dtype=torch.float32, device=packed.device)
+    codes[:, 0] = packed >> 4
+    codes[:, 1] = packed & 0xF
+    return codes.view(-1)
 
 
-def _pack_codes(codes: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`_unpack_codes`; an odd count is padded with a zero low nibble."""
+def _pack_codes(codes: torch.Tensor, out: torch.Tensor) -> None:
+    """The inverse of :func:`_unpack_codes`, from whole-number float codes into ``out`` (uint8); an odd
+    count gets a zero low nibble."""
     if codes.numel() % 2:
         codes = torch.cat((codes, codes.new_zeros(1)))
     pairs = codes.view(-1, 2)
-    return (pairs[:, 0] << 4) | pairs[:, 1]
+    out.copy_(torch.add(pairs[:, 1], pairs[:, 0], alpha=16))
 
 
 def _bucket_units(bucket_min: torch.Tensor, bucket_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +109,7 @@ def dequantize(
         bucket_min[start // bucket_size : -(-stop // bucket_size)],
         bucket_max[start // bucket_size : -(-stop // bucket_size)],
     )
-    values = _bucket_rows(codes, bucket_size, codes.new_zeros(1)).float()
+    values = _bucket_rows(codes, bucket_size, codes.new_zeros(1))
     return values.mul_(unit).add_(low).view(-1)[: stop - start]
 
 
@@ -134,10 +140,25 @@ def block_topk(
     layout: TopKLayout,
 ) -> None:
     """Step 3: in every block keep the entries of largest ``|a|``; write their block-relative int16 indices and
-    ``bf16(a)`` values into one window row (ties: any choice)."""
+    ``bf16(a)`` values into one window row, in position order within the block.
+
+    Ties go to the lowest positions (the spec allows any choice; this one makes every implementation keep the
+    same entries, which matters for bfloat16 gradients, whose values often tie).
+    """
 
     def select(blocks: torch.Tensor, k: int, first_column: int) -> None:
-        chosen = blocks.abs().topk(k, dim=1, sorted=False).indices
+        magnitude = blocks.abs()
+        top = magnitude.topk(k, dim=1, sorted=False)
+        # Position order: the window's layout, and so its summation order, match the kernels'.
+        chosen = top.indices.sort(dim=1).values
+        kth_largest = top.values.amin(dim=1, keepdim=True)
+        surplus = (magnitude >= kth_largest).sum(dim=1) > k  # rows where the k-th largest value ties
+        if surplus.any():
+            rows = surplus.nonzero().view(-1)
+            tied = magnitude[rows] == kth_largest[rows]
+            missing = k - (magnitude[rows] > kth_largest[rows]).sum(dim=1, keepdim=True)
+            kept = (magnitude[rows] > kth_largest[rows]) | (tied & (tied.cumsum(dim=1) <= missing))
+            chosen[rows] = kept.nonzero()[:, 1].view(-1, k)
         columns = slice(first_column, first_column + chosen.numel())
         indices_row[columns] = chosen.view(-1)
         values_row[columns] = blocks.gather(1, chosen).view(-1)  # copy rounds to bfloat16
@@ -195,8 +216,14 @@ def ef_quantize_(
             scaled += _bucket_rows(uniform(key, start, stop - start, rows.device), bucket_size, rows.new_zeros(1))
         else:
             scaled += 0.5
-        codes = scaled.floor_().clamp_(0, 15).to(torch.uint8).view(-1)[: stop - start]
-        error_feedback[start // 2 : (stop + 1) // 2] = _pack_codes(codes)
+        codes = scaled.floor_().clamp_(0, 15).view(-1)[: stop - start]
+        _pack_codes(codes, error_feedback[start // 2 : (stop + 1) // 2])
+
+
+def _sqrt(values: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 square root (PyTorch's float32 sqrt on CPU may be off by one ulp; through
+    float64 the rounding is exact), so that the kernels' ``sqrtf`` gives the same bits."""
+    return values.double().sqrt_().float()
 
 
 def window_adam_update_(
@@ -239,7 +266,7 @@ def window_adam_update_(
         sum2 = torch.zeros(length, dtype=torch.float32, device=param.device)
         sum1.index_add_(0, flat_positions, (values * weights1).t().reshape(-1))
         sum2.index_add_(0, flat_positions, (values * values * weights2).t().reshape(-1))
-        denominator = (c2 * sum2[flat_positions]).sqrt() + eps
+        denominator = _sqrt(c2 * sum2[flat_positions]) + eps
         update = torch.where(denominator > 0, c1 * sum1[flat_positions] / denominator, 0.0)
         # Step 7: p -= lr * u. Duplicated positions compute the same new value, so writing it twice is exact.
         target = param[offset : offset + length]

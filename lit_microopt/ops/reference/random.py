@@ -5,14 +5,12 @@ kernels all draw identically, and that a resumed run draws again exactly. A hash
 a per-step key gives both, with no generator state beyond the key: the optimizer saves a seed per tensor
 and derives the key from it and the step count (:func:`stream_key`).
 
-The hash is the 32-bit "lowbias32" integer mixer (two multiply-xorshift rounds). PyTorch has no unsigned
-32-bit multiply that wraps, so :func:`_multiply_mod_2_32` splits the constant into 16-bit halves so that no
-product leaves int64's range.
+The hash is the 32-bit "lowbias32" integer mixer (two multiply-xorshift rounds), computed twice here: on
+Python ints for the per-step key, and on int32 tensors for the per-element numbers (int32 multiplication
+wraps modulo 2**32, and masks undo the sign extension of right shifts).
 """
 
 from __future__ import annotations
-
-from typing import overload
 
 import torch
 
@@ -21,24 +19,27 @@ _MULTIPLIER_1 = 0x7FEB352D
 _MULTIPLIER_2 = 0x846CA68B
 
 
-@overload
-def _multiply_mod_2_32(value: int, constant: int) -> int: ...
-@overload
-def _multiply_mod_2_32(value: torch.Tensor, constant: int) -> torch.Tensor: ...
-def _multiply_mod_2_32(value, constant):
-    """``(value * constant) mod 2**32`` for ``0 <= value < 2**32``, without int64 overflow."""
-    low = value * (constant & 0xFFFF)
-    high = ((value * (constant >> 16)) & 0xFFFF) << 16
-    return (low + high) & _MASK_32
-
-
-def hash32(value):
-    """Mix a 32-bit unsigned integer (a Python int or an int64 tensor holding values below 2**32)."""
-    value = value ^ (value >> 16)
-    value = _multiply_mod_2_32(value, _MULTIPLIER_1)
-    value = value ^ (value >> 15)
-    value = _multiply_mod_2_32(value, _MULTIPLIER_2)
+def hash32(value: int) -> int:
+    """Mix a 32-bit unsigned integer."""
+    value ^= value >> 16
+    value = (value * _MULTIPLIER_1) & _MASK_32
+    value ^= value >> 15
+    value = (value * _MULTIPLIER_2) & _MASK_32
     return value ^ (value >> 16)
+
+
+def _signed(value: int) -> int:
+    """A 32-bit unsigned integer as the int32 with the same bits."""
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def hash32_tensor(values: torch.Tensor) -> torch.Tensor:
+    """:func:`hash32` of every element of an int32 tensor (read as unsigned), as int32 bits."""
+    values = values ^ ((values >> 16) & 0xFFFF)
+    values = values * _MULTIPLIER_1
+    values = values ^ ((values >> 15) & 0x1FFFF)
+    values = values * _signed(_MULTIPLIER_2)
+    return values ^ ((values >> 16) & 0xFFFF)
 
 
 def stream_key(seed: int, step: int) -> int:
@@ -54,6 +55,6 @@ def uniform(key: int, start: int, count: int, device: torch.device | str) -> tor
 
     Element ``i`` gets ``(hash32(i mod 2**32 xor key) >> 8) / 2**24``: 24 random bits, exact in float32.
     """
-    index = torch.arange(start, start + count, dtype=torch.int64, device=device) & _MASK_32
-    bits = hash32(index ^ key) >> 8
+    index = torch.arange(start, start + count, dtype=torch.int64, device=device).to(torch.int32)
+    bits = (hash32_tensor(index ^ _signed(key)) >> 8) & 0xFFFFFF
     return bits.to(torch.float32) * (1.0 / (1 << 24))

@@ -1,0 +1,85 @@
+// Arithmetic shared by the CPU (C++) and CUDA kernels: bfloat16 rounding done on bits, the counter-based
+// random stream of stochastic rounding, 4-bit packing. Only <cstdint>/<cmath>: no PyTorch, no CUDA headers,
+// so that .cu files stay quick to compile. Every function is the exact twin of a line of the Python
+// reference (lit_microopt/ops/reference), which is the definition.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifdef __CUDACC__
+#define LMO_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LMO_HOST_DEVICE inline
+#endif
+
+namespace lit_microopt {
+
+LMO_HOST_DEVICE uint32_t float_bits(float value) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(value);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+#endif
+}
+
+LMO_HOST_DEVICE float bits_float(uint32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits);
+#else
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+#endif
+}
+
+// bfloat16 as its 16 bits.
+LMO_HOST_DEVICE float bfloat16_to_float(uint16_t bits) { return bits_float(static_cast<uint32_t>(bits) << 16); }
+
+// Round to nearest, ties to even (what PyTorch's .to(torch.bfloat16) does); NaN stays NaN.
+LMO_HOST_DEVICE uint16_t float_to_bfloat16(float value) {
+  uint32_t bits = float_bits(value);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// The next bfloat16 towards -infinity (down) or +infinity (up), as torch.nextafter does.
+LMO_HOST_DEVICE uint16_t bfloat16_next(uint16_t bits, bool up) {
+  const bool negative = bits & 0x8000u;
+  if ((bits & 0x7fffu) == 0) return up ? 0x0001u : 0x8001u;  // from +0 or -0
+  return static_cast<uint16_t>((negative != up) ? bits + 1 : bits - 1);
+}
+
+// Largest bfloat16 <= value (down) or smallest bfloat16 >= value (up): the bucket range of step 5.
+LMO_HOST_DEVICE uint16_t bfloat16_outward(float value, bool up) {
+  uint16_t rounded = float_to_bfloat16(value);
+  const float back = bfloat16_to_float(rounded);
+  if (up ? back < value : back > value) rounded = bfloat16_next(rounded, up);
+  return rounded;
+}
+
+// The "lowbias32" mixer of lit_microopt/ops/reference/random.py (unsigned arithmetic wraps mod 2**32).
+LMO_HOST_DEVICE uint32_t hash32(uint32_t value) {
+  value ^= value >> 16;
+  value *= 0x7feb352du;
+  value ^= value >> 15;
+  value *= 0x846ca68bu;
+  value ^= value >> 16;
+  return value;
+}
+
+// Uniform float in [0, 1) for element `index` of the stream `key`: 24 random bits, exact in float32.
+LMO_HOST_DEVICE float uniform(uint32_t key, int64_t index) {
+  return static_cast<float>(hash32(static_cast<uint32_t>(index) ^ key) >> 8) * (1.0f / 16777216.0f);
+}
+
+// 4-bit codes, element 2j in the high nibble of byte j.
+LMO_HOST_DEVICE uint32_t unpack_code(const uint8_t* packed, int64_t index) {
+  const uint32_t byte = packed[index >> 1];
+  return (index & 1) ? (byte & 0xfu) : (byte >> 4);
+}
+
+}  // namespace lit_microopt

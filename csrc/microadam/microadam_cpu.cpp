@@ -1,0 +1,260 @@
+// MicroAdam's ops on the CPU: the same steps as lit_microopt/ops/reference/microadam.py, parallel over
+// Top-K blocks or quantization buckets with at::parallel_for. Inputs are the 1-D contiguous views the
+// optimizer passes; every check names the argument that is wrong.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "microadam_math.h"
+
+namespace lit_microopt {
+namespace microadam {
+namespace {
+
+void check_tensor(const at::Tensor& tensor, const char* name, c10::optional<at::ScalarType> dtype = c10::nullopt) {
+  TORCH_CHECK(tensor.device().is_cpu(), "lit_microopt: ", name, " must be a CPU tensor for the CPU kernel");
+  TORCH_CHECK(tensor.is_contiguous(), "lit_microopt: ", name, " must be contiguous");
+  if (dtype) TORCH_CHECK(tensor.scalar_type() == *dtype, "lit_microopt: ", name, " must be ", *dtype, ", got ",
+                         tensor.scalar_type());
+}
+
+const uint16_t* bf16_data(const at::Tensor& tensor) {
+  return reinterpret_cast<const uint16_t*>(tensor.data_ptr<at::BFloat16>());
+}
+uint16_t* bf16_data_mut(at::Tensor& tensor) { return reinterpret_cast<uint16_t*>(tensor.data_ptr<at::BFloat16>()); }
+
+void check_buckets(const at::Tensor& accumulator, const at::Tensor& error_feedback, const at::Tensor& bucket_min,
+                   const at::Tensor& bucket_max, int64_t bucket_size) {
+  check_tensor(accumulator, "accumulator");
+  check_tensor(error_feedback, "error_feedback", at::kByte);
+  check_tensor(bucket_min, "bucket_min", at::kBFloat16);
+  check_tensor(bucket_max, "bucket_max", at::kBFloat16);
+  TORCH_CHECK(bucket_size >= 2 && bucket_size % 2 == 0, "lit_microopt: bucket_size must be even and >= 2");
+  const int64_t numel = accumulator.numel();
+  TORCH_CHECK(error_feedback.numel() == (numel + 1) / 2, "lit_microopt: error_feedback must hold ceil(d/2) bytes");
+  const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
+  TORCH_CHECK(bucket_min.numel() == buckets && bucket_max.numel() == buckets,
+              "lit_microopt: bucket_min and bucket_max must hold ceil(d/bucket_size) entries");
+}
+
+// Step 2: a += Q^-1(e), in a's dtype (sum in float32, rounded once).
+void ef_dequant_add_cpu(at::Tensor accumulator, const at::Tensor& error_feedback, const at::Tensor& bucket_min,
+                        const at::Tensor& bucket_max, int64_t bucket_size) {
+  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  const int64_t numel = accumulator.numel();
+  const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
+  const uint8_t* codes = error_feedback.data_ptr<uint8_t>();
+  const uint16_t* lows = bf16_data(bucket_min);
+  const uint16_t* highs = bf16_data(bucket_max);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_dequant_add_", [&] {
+    scalar_t* values = accumulator.data_ptr<scalar_t>();
+    at::parallel_for(0, buckets, std::max<int64_t>(1, 32768 / bucket_size), [&](int64_t begin, int64_t end) {
+      for (int64_t bucket = begin; bucket < end; ++bucket) {
+        const float low = bfloat16_to_float(lows[bucket]);
+        const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
+        const int64_t stop = std::min(numel, (bucket + 1) * bucket_size);
+        for (int64_t i = bucket * bucket_size; i < stop; ++i) {
+          values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) + dequantize(unpack_code(codes, i), low, unit));
+        }
+      }
+    });
+  });
+}
+
+// Step 3: per block, the k entries of largest |a| (ties: lowest positions first), in position order.
+// The k-th largest magnitude is found by a radix select: a histogram of the top bits of |a| finds the bin that
+// holds it, and only that bin's (few) entries are partially sorted. No data-dependent branches over the block.
+constexpr int kRadixBits = 11;
+constexpr int kRadixShift = 31 - kRadixBits;
+
+void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::Tensor values_row, int64_t block_size,
+                    int64_t k_block, int64_t k_last) {
+  check_tensor(accumulator, "accumulator");
+  check_tensor(indices_row, "indices_row", at::kShort);
+  check_tensor(values_row, "values_row", at::kBFloat16);
+  const int64_t numel = accumulator.numel();
+  const int64_t full_blocks = numel / block_size;
+  const int64_t blocks = full_blocks + (k_last > 0 ? 1 : 0);
+  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
+              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
+  int16_t* indices = indices_row.data_ptr<int16_t>();
+  uint16_t* kept = bf16_data_mut(values_row);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "block_topk", [&] {
+    const scalar_t* values = accumulator.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      // |a| as the bits of a non-negative float: ordered like the magnitudes, compared as integers.
+      std::vector<uint32_t> magnitude(block_size), candidates;
+      std::vector<int32_t> histogram(1 << kRadixBits);
+      candidates.reserve(block_size);
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t start = block * block_size;
+        const int64_t length = std::min(block_size, numel - start);
+        const int64_t k = block < full_blocks ? k_block : k_last;
+        std::fill(histogram.begin(), histogram.end(), 0);
+        for (int64_t j = 0; j < length; ++j) {
+          magnitude[j] = float_bits(static_cast<float>(values[start + j])) & 0x7fffffffu;
+          ++histogram[magnitude[j] >> kRadixShift];
+        }
+        int64_t above = 0;  // entries in bins above the one that holds the k-th largest
+        int bin = (1 << kRadixBits) - 1;
+        while (above + histogram[bin] < k) above += histogram[bin--];
+        candidates.clear();
+        for (int64_t j = 0; j < length; ++j) {
+          if ((magnitude[j] >> kRadixShift) == static_cast<uint32_t>(bin)) candidates.push_back(magnitude[j]);
+        }
+        const int64_t needed = k - above;  // taken from this bin, largest first
+        std::nth_element(candidates.begin(), candidates.begin() + (candidates.size() - needed), candidates.end());
+        const uint32_t threshold = candidates[candidates.size() - needed];
+        int64_t ties = needed;  // entries equal to the threshold that are kept, lowest positions first
+        for (const uint32_t candidate : candidates) ties -= candidate > threshold;
+        int64_t column = block * k_block;
+        for (int64_t j = 0; j < length; ++j) {
+          if (magnitude[j] > threshold || (magnitude[j] == threshold && ties-- > 0)) {
+            indices[column] = static_cast<int16_t>(j);
+            kept[column] = float_to_bfloat16(static_cast<float>(values[start + j]));
+            ++column;
+          }
+        }
+      }
+    });
+  });
+}
+
+// Steps 4 and 5: remove the kept entries' bfloat16 values, then quantize the remainder per bucket.
+void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
+                     at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
+                     int64_t k_block, bool stochastic, int64_t key) {
+  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_tensor(indices_row, "indices_row", at::kShort);
+  const int64_t numel = accumulator.numel();
+  const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
+  const int64_t columns = indices_row.numel();
+  const int16_t* indices = indices_row.data_ptr<int16_t>();
+  uint8_t* codes = error_feedback.data_ptr<uint8_t>();
+  uint16_t* lows = bf16_data_mut(bucket_min);
+  uint16_t* highs = bf16_data_mut(bucket_max);
+  const uint32_t stream = static_cast<uint32_t>(key);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_quantize_", [&] {
+    scalar_t* values = accumulator.data_ptr<scalar_t>();
+    at::parallel_for(0, columns, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t column = begin; column < end; ++column) {
+        const int64_t position = window_position(column, indices[column], k_block, block_size);
+        values[position] = static_cast<scalar_t>(kept_remainder(static_cast<float>(values[position])));
+      }
+    });
+    at::parallel_for(0, buckets, std::max<int64_t>(1, 32768 / bucket_size), [&](int64_t begin, int64_t end) {
+      std::vector<int32_t> bucket_codes(bucket_size + 1);
+      for (int64_t bucket = begin; bucket < end; ++bucket) {
+        const int64_t start = bucket * bucket_size;
+        const int64_t stop = std::min(numel, start + bucket_size);
+        float smallest = static_cast<float>(values[start]), largest = smallest;
+        for (int64_t i = start + 1; i < stop; ++i) {
+          const float value = static_cast<float>(values[i]);
+          smallest = value < smallest ? value : smallest;
+          largest = value > largest ? value : largest;
+        }
+        lows[bucket] = bfloat16_outward(smallest, /*up=*/false);
+        highs[bucket] = bfloat16_outward(largest, /*up=*/true);
+        const float low = bfloat16_to_float(lows[bucket]);
+        const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
+        // Codes first (a loop the compiler vectorises), then two per byte.
+        const int64_t length = stop - start;
+        if (stochastic) {
+          for (int64_t j = 0; j < length; ++j) {
+            bucket_codes[j] = quantize(static_cast<float>(values[start + j]), low, unit, uniform(stream, start + j));
+          }
+        } else {
+          for (int64_t j = 0; j < length; ++j) {
+            bucket_codes[j] = quantize(static_cast<float>(values[start + j]), low, unit, 0.5f);
+          }
+        }
+        if (length % 2) bucket_codes[length] = 0;
+        for (int64_t j = 0; j < length; j += 2) {
+          codes[(start + j) >> 1] = static_cast<uint8_t>((bucket_codes[j] << 4) | bucket_codes[j + 1]);
+        }
+      }
+    });
+  });
+}
+
+// Steps 6 and 7: per block, the window's moments in a block-sized buffer, then one update per position.
+void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
+                            const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
+                            int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
+  check_tensor(param, "param");
+  check_tensor(window_indices, "window_indices", at::kShort);
+  check_tensor(window_values, "window_values", at::kBFloat16);
+  check_tensor(row_weights1, "row_weights1", at::kFloat);
+  check_tensor(row_weights2, "row_weights2", at::kFloat);
+  TORCH_CHECK(window_indices.dim() == 2 && window_values.sizes() == window_indices.sizes(),
+              "lit_microopt: window_indices and window_values must be (rows, k) matrices of the same shape");
+  const int64_t rows = window_indices.size(0), columns = window_indices.size(1);
+  TORCH_CHECK(row_weights1.numel() == rows && row_weights2.numel() == rows,
+              "lit_microopt: row_weights1 and row_weights2 must hold one weight per window row");
+  const int64_t numel = param.numel();
+  const int64_t blocks = (columns + k_block - 1) / k_block;
+  const int16_t* indices = window_indices.data_ptr<int16_t>();
+  const uint16_t* window = bf16_data(window_values);
+  const float* weights1 = row_weights1.data_ptr<float>();
+  const float* weights2 = row_weights2.data_ptr<float>();
+  const float c1f = static_cast<float>(c1), c2f = static_cast<float>(c2), epsf = static_cast<float>(eps);
+  const float lrf = static_cast<float>(lr);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "window_adam_update_", [&] {
+    scalar_t* values = param.data_ptr<scalar_t>();
+    if (weight_decay > 0) {
+      const float factor = static_cast<float>(1.0 - lr * weight_decay);
+      at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) * factor);
+      });
+    }
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> sum1(block_size, 0.0f), sum2(block_size, 0.0f);
+      std::vector<uint8_t> done(block_size, 0);
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t first = block * k_block, last = std::min(columns, first + k_block);
+        scalar_t* target = values + block * block_size;
+        // Column by column, rows in order: the summation order of the reference.
+        for (int64_t column = first; column < last; ++column) {
+          for (int64_t row = 0; row < rows; ++row) {
+            const int64_t j = indices[row * columns + column];
+            const float value = bfloat16_to_float(window[row * columns + column]);
+            sum1[j] += multiply(value, weights1[row]);
+            sum2[j] += multiply(multiply(value, value), weights2[row]);
+          }
+        }
+        for (int64_t column = first; column < last; ++column) {
+          for (int64_t row = 0; row < rows; ++row) {
+            const int64_t j = indices[row * columns + column];
+            if (done[j]) continue;  // a position held by several rows moves once
+            done[j] = 1;
+            const float update = window_update(sum1[j], sum2[j], c1f, c2f, epsf);
+            target[j] = static_cast<scalar_t>(apply_update(static_cast<float>(target[j]), lrf, update));
+          }
+        }
+        for (int64_t column = first; column < last; ++column) {
+          for (int64_t row = 0; row < rows; ++row) {
+            const int64_t j = indices[row * columns + column];
+            sum1[j] = sum2[j] = 0.0f;
+            done[j] = 0;
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lit_microopt, CPU, m) {
+  m.impl("ef_dequant_add_", &ef_dequant_add_cpu);
+  m.impl("block_topk", &block_topk_cpu);
+  m.impl("ef_quantize_", &ef_quantize_cpu);
+  m.impl("window_adam_update_", &window_adam_update_cpu);
+}
+
+}  // namespace microadam
+}  // namespace lit_microopt

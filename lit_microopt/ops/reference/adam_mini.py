@@ -1,0 +1,194 @@
+"""The op ``adam_mini_update_``: one Adam-mini step of one parameter tensor, in pure PyTorch.
+
+Adam-mini (``spec/adam_mini.md``) is AdamW whose second moment ``v`` holds one float32 number per *block* of
+the parameter. The blocks are given as plain integers (so that a compiled kernel can take the same
+arguments): the parameter is read as a matrix whose *rows* are split into blocks,
+
+* ``block_axis=0``: the matrix is ``p.view(n_rows, -1)``, a row is ``p.view(n_rows, -1)[i]``;
+* ``block_axis=1``: the matrix is ``p.view(-1, n_rows)``, a "row" is a column (Hugging Face ``Conv1D``);
+
+and ``n_rows = sum(segment_rows)`` rows are cut into consecutive segments, segment ``s`` into blocks of
+``rows_per_block[s]`` rows. A ``tensor`` block is one row holding everything; ``element`` blocks are
+``numel`` rows of one element each.
+
+Everything is vectorised over blocks and elements: the Python code loops only over the (at most three)
+segments of a fused [q; k; v] weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lit_microopt.ops.reference.random import stream_key, uniform
+
+
+def _matrix(tensor: torch.Tensor, n_rows: int, block_axis: int) -> torch.Tensor:
+    """The 2-D view of ``tensor`` whose rows (``block_axis=0``) or columns (``block_axis=1``) are the block rows."""
+    return tensor.view(n_rows, -1) if block_axis == 0 else tensor.view(-1, n_rows)
+
+
+def _block_sums_to_means(
+    row_sums: torch.Tensor, segment_rows: Sequence[int], rows_per_block: Sequence[int], row_numel: int
+) -> torch.Tensor:
+    """Mean of g^2 over every block, from the per-row sums of g^2 (one reduction per segment, not per block)."""
+    means = []
+    for rows, height in zip(row_sums.split(list(segment_rows)), rows_per_block):
+        block_sums = rows if height == 1 else rows.view(-1, height).sum(dim=1)
+        means.append(block_sums.div_(height * row_numel))
+    return means[0] if len(means) == 1 else torch.cat(means)
+
+
+def _rows_from_blocks(
+    per_block: torch.Tensor, segment_rows: Sequence[int], rows_per_block: Sequence[int]
+) -> torch.Tensor:
+    """Spread one value per block to one value per row (a vector of ``n_rows``, small next to the parameter)."""
+    if len(rows_per_block) == 1:
+        height = rows_per_block[0]
+        return per_block if height == 1 else per_block.repeat_interleave(height)
+    counts = [rows // height for rows, height in zip(segment_rows, rows_per_block)]
+    return torch.cat(
+        [block.repeat_interleave(height) for block, height in zip(per_block.split(counts), rows_per_block)]
+    )
+
+
+def stochastic_round(values: torch.Tensor, dtype: torch.dtype, key: int) -> torch.Tensor:
+    """``values`` (float32) rounded to ``dtype`` up or down at random, unbiased: E[result] = values.
+
+    The random numbers come from the counter-based stream ``key`` (:mod:`.random`), one per element, so the
+    result depends only on (values, key): a resumed run draws exactly the same numbers.
+    """
+    u = uniform(key, 0, values.numel(), values.device).view_as(values)
+    if dtype == torch.bfloat16:
+        # bfloat16 is float32 without its low 16 bits: adding a uniform 16-bit integer to the bits and
+        # truncating rounds the magnitude up with probability (dropped bits) / 2**16.
+        noise = (u * 65536.0).to(torch.int32)
+        bits = (values.view(torch.int32) + noise).bitwise_and_(-65536)
+        return bits.view(torch.float32).to(torch.bfloat16)
+    # Any other narrower float: pick between the nearest value and its neighbour on the other side of
+    # ``values`` with the probability that makes the mean exact.
+    nearest = values.to(dtype)
+    error = values - nearest.float()
+    toward = torch.where(error > 0, float("inf"), float("-inf")).to(dtype)
+    neighbour = torch.nextafter(nearest, toward)
+    probability = error / (neighbour.float() - nearest.float())
+    return torch.where(u < probability, neighbour, nearest)
+
+
+def block_mean_squares(
+    grad: torch.Tensor, *, block_axis: int, segment_rows: Sequence[int], rows_per_block: Sequence[int]
+) -> torch.Tensor:
+    """The mean of g^2 over every block (float32, one entry per block): the statistic that feeds ``v``.
+
+    One reduction over the gradient; the optimizer computes it for every parameter before changing anything,
+    which also tells it at almost no cost whether every gradient is finite (a NaN or an infinity in a block
+    makes that block's mean non-finite).
+    """
+    n_rows = sum(segment_rows)
+    if grad.numel() == 0:
+        return torch.zeros(0, dtype=torch.float32, device=grad.device)
+    matrix = _matrix(grad.contiguous(), n_rows, block_axis)
+    row_sums = torch.linalg.vector_norm(matrix, dim=1 - block_axis, dtype=torch.float32).square_()
+    return _block_sums_to_means(row_sums, segment_rows, rows_per_block, grad.numel() // n_rows)
+
+
+def adam_mini_update_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    block_axis: int,
+    segment_rows: Sequence[int],
+    rows_per_block: Sequence[int],
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    rounding_seed: int = 0,
+    block_mean_sq: torch.Tensor | None = None,
+) -> None:
+    """One Adam-mini step of ``param`` in place (``spec/adam_mini.md``, "One step").
+
+    Args:
+        param: the parameter (float32, bfloat16 or float16), updated in place.
+        grad: its gradient, same shape.
+        exp_avg: the first moment ``m``, same shape, any float dtype (``state_dtype``), updated in place. A
+            dtype narrower than ``param``'s is written with unbiased stochastic rounding.
+        exp_avg_sq: the second moment ``v``, float32, one entry per block, updated in place.
+        block_axis: 0 or 1, see the module docstring.
+        segment_rows: rows of each segment along the block axis.
+        rows_per_block: block height of each segment.
+        step: the parameter's step count ``t`` including this step (1 at the first step).
+        lr: learning rate.
+        beta1: decay of ``m``.
+        beta2: decay of ``v``.
+        eps: added to the block denominator.
+        weight_decay: decoupled weight decay (the optimizer passes 0 for ``tensor`` and ``element`` roles).
+        rounding_seed: this tensor's stochastic-rounding seed; with ``step`` it fixes the random stream.
+        block_mean_sq: :func:`block_mean_squares` of ``grad`` when already computed, else ``None``. Ignored
+            when every block has one element: those take AdamW's own arithmetic.
+    """
+    if param.numel() == 0:
+        return
+    one_element_blocks = exp_avg_sq.numel() == param.numel()
+    n_rows = sum(segment_rows)
+    # A non-contiguous parameter (channels_last) has no matrix view: work on a copy, write it back at the end.
+    target = param if param.is_contiguous() else param.contiguous()
+    grad = grad.contiguous()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5  # written as AdamW writes it, for bit equality
+
+    # 1. Decoupled weight decay: p *= 1 - lr * weight_decay.
+    if weight_decay != 0:
+        target.mul_(1 - lr * weight_decay)
+
+    # 2. m = beta1 * m + (1 - beta1) * g, in the parameter's dtype as AdamW does; in float32 when m has
+    #    another dtype (written back at step 5, stochastically rounded when narrower than the parameter).
+    if exp_avg.dtype == target.dtype:
+        exp_avg.lerp_(grad if grad.dtype == exp_avg.dtype else grad.to(exp_avg.dtype), 1 - beta1)
+        moment = exp_avg
+    elif exp_avg.dtype == torch.float32:
+        moment = exp_avg.lerp_(grad.float(), 1 - beta1)
+    else:
+        moment = exp_avg.float().lerp_(grad.float(), 1 - beta1)
+
+    # 3. v_b = beta2 * v_b + (1 - beta2) * mean over block b of g^2, in float32.
+    if one_element_blocks:
+        # One element per block is AdamW exactly: the same operations in the same order.
+        flat_grad = grad.reshape(-1).float()
+        exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1 - beta2)
+    else:
+        if block_mean_sq is None:
+            block_mean_sq = block_mean_squares(
+                grad, block_axis=block_axis, segment_rows=segment_rows, rows_per_block=rows_per_block
+            )
+        exp_avg_sq.mul_(beta2).add_(block_mean_sq, alpha=1 - beta2)
+
+    # 4. p -= lr * (m / bc1) / (sqrt(v_b / bc2) + eps): one denominator per block, spread over its rows.
+    denominator = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    if one_element_blocks:
+        target.view(-1).addcdiv_(moment.view(-1), denominator, value=-step_size)
+    else:
+        row_denominator = _rows_from_blocks(denominator, segment_rows, rows_per_block)
+        row_denominator = row_denominator.view(-1, 1) if block_axis == 0 else row_denominator.view(1, -1)
+        _matrix(target, n_rows, block_axis).addcdiv_(
+            _matrix(moment, n_rows, block_axis), row_denominator, value=-step_size
+        )
+
+    # 5. Write m back in its own dtype.
+    if moment is not exp_avg:
+        if exp_avg.element_size() < param.element_size():
+            exp_avg.copy_(stochastic_round(moment, exp_avg.dtype, stream_key(rounding_seed, step)))
+        else:
+            exp_avg.copy_(moment)
+    if target is not param:
+        param.copy_(target)
+
+
+__all__ = ["adam_mini_update_", "block_mean_squares", "stochastic_round"]

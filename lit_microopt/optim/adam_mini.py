@@ -1,0 +1,412 @@
+"""Adam-mini (Zhang et al., ICLR 2025): AdamW with one second-moment value per block of parameters.
+
+The blocks follow the near-block-diagonal Hessian of Transformers: one per attention head for query and key
+weights, one per output row for other matrices, one per tensor for norm scales, one per element for biases
+(:mod:`lit_microopt.optim.partition`). State per parameter: ``m`` in ``state_dtype`` plus a few float32
+numbers per block, so about 4 bytes per float32 parameter (2 with ``state_dtype=torch.bfloat16``), half of
+AdamW's 8.
+
+The algorithm and every detail are fixed by ``spec/adam_mini.md``; the maths of a step lives in the op
+``adam_mini_update_`` (:mod:`lit_microopt.ops.reference.adam_mini`), this module owns the constructor, the
+partition, the state and the order of the step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lit_microopt.ops.reference.adam_mini import adam_mini_update_, block_mean_squares
+from lit_microopt.optim._common import (
+    SUPPORTED_PARAMETER_DTYPES,
+    ExactStateOptimizer,
+    check_common_hyperparameters,
+    check_gradient_types,
+    check_gradients_finite,
+    parameter_names,
+)
+from lit_microopt.optim.partition import (
+    BlockLayout,
+    HeadConfig,
+    check_head_config,
+    check_rules,
+    partition_parameter,
+    summarize_partition,
+)
+
+logger = logging.getLogger(__name__)
+
+_NAMES_NEEDED = (
+    "AdamMini needs parameter names to find attention heads and biases; pass model.named_parameters(), "
+    "param groups whose 'params' are (name, tensor) pairs or that carry 'param_names', or use "
+    "AdamMini.from_model(model)."
+)
+
+
+def _drop_repeated_tensors(param_group: dict[str, Any]) -> dict[str, Any]:
+    """``param_group`` with every tensor kept once, under its first name (tied weights)."""
+    params = param_group["params"]
+    if isinstance(params, (set, frozenset)):
+        return param_group  # PyTorch rejects unordered collections with its own message
+    items = [params] if isinstance(params, torch.Tensor) else list(params)
+    names = param_group.get("param_names")
+    seen: set[int] = set()
+    kept, kept_names = [], []
+    for index, item in enumerate(items):
+        tensor = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        kept.append(item)
+        if names is not None and index < len(names):
+            kept_names.append(names[index])
+    group = {**param_group, "params": kept}
+    if names is not None and len(names) == len(items):
+        group["param_names"] = kept_names
+    return group
+
+
+def _check_not_flat_shard(name: str, param: torch.Tensor) -> None:
+    """Flattened shards (FSDP1 ``FlatParameter``, DeepSpeed ZeRO) have lost the shape the blocks need."""
+    if type(param).__name__ == "FlatParameter" or hasattr(param, "ds_id"):
+        raise ValueError(
+            f"AdamMini: {name} is a flattened shard (FSDP1 FlatParameter or DeepSpeed ZeRO), which cannot be cut "
+            "into heads and rows; train with DDP instead."
+        )
+    if type(param).__name__ == "DTensor" or hasattr(param, "device_mesh"):
+        raise ValueError(
+            f"AdamMini: {name} is a DTensor (FSDP2 / tensor parallel), which AdamMini does not support yet; "
+            "train with DDP instead."
+        )
+
+
+class AdamMini(ExactStateOptimizer):
+    """Adam-mini: AdamW with one second moment per block (attention head, output row, tensor or element).
+
+    At every step, for each parameter with a gradient (``t`` its own step count)::
+
+        p   *= 1 - lr * weight_decay                      (head and row parameters only)
+        m    = beta1 * m + (1 - beta1) * g
+        v_b  = beta2 * v_b + (1 - beta2) * mean_b(g^2)    (float32, one per block b)
+        p   -= lr * (m / (1 - beta1^t)) / (sqrt(v_b / (1 - beta2^t)) + eps)
+
+    Each parameter's role and block count are in :attr:`partition`, summarised once in an INFO log.
+
+    Args:
+        params: named parameters: ``model.named_parameters()``, or param groups whose ``params`` are
+            ``(name, tensor)`` pairs or that carry ``param_names``. A group may set its own ``lr``, ``betas``,
+            ``eps`` and ``weight_decay``.
+        lr: learning rate.
+        betas: ``(beta1, beta2)``; a scheduler may cycle them (``OneCycleLR``).
+        eps: added to the block denominator.
+        weight_decay: decoupled weight decay, applied to ``head`` and ``row`` parameters only.
+        n_heads: query heads of the model's attention (needed when it has query/key weights).
+        n_kv_heads: key/value heads (grouped-query attention); defaults to ``n_heads``.
+        head_dim: rows per head; defaults to the weight's rows divided by the number of heads.
+        rules: ordered ``(glob pattern, role)`` pairs tried before the built-in partition, e.g.
+            ``[("*.router.weight", "tensor")]``. Roles: ``"head"``, ``"row"``, ``"tensor"``, ``"element"``.
+        state_dtype: dtype of the first moment ``m``; ``None`` means the parameter's dtype. A narrower dtype
+            (``torch.bfloat16`` for float32 parameters) is written with unbiased stochastic rounding.
+            ``v`` is always float32.
+        check_finite: raise ``FloatingPointError`` before changing anything when a gradient holds a NaN or an
+            infinity (one device sync per step). Pass ``False`` when a ``GradScaler`` owns that check.
+        modules: the module that owns each parameter, by parameter name (``from_model`` fills it): a Hugging
+            Face ``Conv1D`` is stored ``[in, out]``, an ``nn.MultiheadAttention`` knows its head count.
+
+    Raises:
+        ValueError: unnamed parameters, an out-of-range hyper-parameter, or attention weights that the head
+            configuration cannot split (each message says what to change).
+        TypeError: a parameter's dtype is not float32, bfloat16 or float16.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        ...                      num_attention_heads=4, num_key_value_heads=2)
+        >>> model = LlamaForCausalLM(config)
+        >>> optimizer = AdamMini.from_model(model, lr=1e-3, weight_decay=0.1)
+        >>> optimizer.partition["model.layers.0.self_attn.k_proj.weight"].n_blocks
+        2
+        >>> model(torch.randint(0, 128, (2, 8)), labels=torch.randint(0, 128, (2, 8))).loss.backward()
+        >>> optimizer.step()
+        >>> optimizer.zero_grad()
+    """
+
+    host_state_keys = ("step", "rounding_seed")
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        n_heads: int | None = None,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        rules: Sequence[tuple[str, str]] | None = None,
+        state_dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+        modules: Mapping[str, torch.nn.Module] | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay)
+        check_common_hyperparameters("AdamMini", defaults)
+        if state_dtype is not None and state_dtype not in SUPPORTED_PARAMETER_DTYPES:
+            raise ValueError(
+                f"AdamMini: state_dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {state_dtype!r}."
+            )
+        self.heads = HeadConfig(n_heads, n_kv_heads, head_dim)
+        check_head_config(self.heads)
+        self.rules = check_rules(rules)
+        self.state_dtype = state_dtype
+        self.check_finite = check_finite
+        self._modules_by_name = dict(modules or {})
+        #: Each parameter's role and blocks, by name (a :class:`BlockLayout`: ``.role``, ``.n_blocks``).
+        self.partition: dict[str, BlockLayout] = {}
+        self._layouts: dict[torch.Tensor, BlockLayout] = {}
+        self._constructed = False
+        super().__init__(params, defaults)
+        self._constructed = True
+        logger.info(summarize_partition(self.partition))
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, **kwargs: Any) -> AdamMini:
+        """An ``AdamMini`` over all of ``model``'s parameters, with names, head counts and module types read from it.
+
+        ``n_heads``, ``n_kv_heads`` and ``head_dim`` come from ``model.config`` when it has them (Hugging Face
+        ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, else ``hidden_size // num_attention_heads``),
+        unless any of the three is passed: then the config is not read for them. An ``nn.MultiheadAttention``
+        gives its own head count. Tied weights are optimised once, under their first name.
+
+        Args:
+            model: the model to optimise.
+            **kwargs: any constructor argument (``lr``, ``weight_decay``, ``rules``, ...).
+
+        Example:
+            >>> layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4)
+            >>> optimizer = AdamMini.from_model(layer, lr=3e-4, weight_decay=0.1, state_dtype=torch.bfloat16)
+            >>> optimizer.partition["self_attn.in_proj_weight"].n_blocks  # 4 q heads, 4 k heads, 64 v rows
+            72
+        """
+        config = getattr(model, "config", None)
+        head_arguments = ("n_heads", "n_kv_heads", "head_dim")
+        if config is not None and not any(key in kwargs for key in head_arguments):
+            n_heads = getattr(config, "num_attention_heads", None)
+            n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+            head_dim = getattr(config, "head_dim", None)
+            hidden = getattr(config, "hidden_size", None)
+            if head_dim is None and isinstance(n_heads, int) and isinstance(hidden, int):
+                head_dim = hidden // n_heads
+            for key, value in zip(head_arguments, (n_heads, n_kv_heads, head_dim)):
+                if isinstance(value, int):
+                    kwargs[key] = value
+        modules = {}
+        for module_name, module in model.named_modules():
+            for param_name, _ in module.named_parameters(recurse=False):
+                modules.setdefault(f"{module_name}.{param_name}" if module_name else param_name, module)
+        kwargs.setdefault("modules", modules)
+        return cls(model.named_parameters(), **kwargs)
+
+    # -- parameters and partition ----------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a named param group; its hyper-parameters are checked and its parameters partitioned."""
+        where = f" in param group {len(self.param_groups)}"
+        check_common_hyperparameters("AdamMini", {**self.defaults, **param_group}, where)
+        super().add_param_group(_drop_repeated_tensors(param_group))
+        group = self.param_groups[-1]
+        try:
+            names = group.get("param_names")
+            if names is None or len(names) != len(group["params"]):
+                raise ValueError(_NAMES_NEEDED)
+            added = {}
+            for name, param in zip(names, group["params"]):
+                if param.dtype not in SUPPORTED_PARAMETER_DTYPES:
+                    raise TypeError(
+                        f"AdamMini supports float32, bfloat16 and float16 parameters, but {name} is {param.dtype}; "
+                        "convert the model with .float(), .bfloat16() or .half()."
+                    )
+                if name in self.partition or name in added:
+                    raise ValueError(f"AdamMini: two parameters are named {name!r}; give every parameter its own name.")
+                _check_not_flat_shard(name, param)
+                added[name] = partition_parameter(
+                    name, param.shape, module=self._modules_by_name.get(name), heads=self.heads, rules=self.rules
+                )
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
+        self.partition.update(added)
+        self._layouts.update(zip(group["params"], added.values()))
+        if self._constructed:
+            logger.info(summarize_partition(added))
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _moment_dtype(self, param: torch.Tensor) -> torch.dtype:
+        return self.state_dtype or param.dtype
+
+    def _rounds_stochastically(self, param: torch.Tensor) -> bool:
+        return self._moment_dtype(param).itemsize < param.dtype.itemsize
+
+    def expected_state_shapes(self, param: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every state tensor of ``param``."""
+        shapes = {
+            "step": ((), torch.int64),
+            "exp_avg": (tuple(param.shape), self._moment_dtype(param)),
+            "exp_avg_sq": ((self._layouts[param].n_blocks,), torch.float32),
+        }
+        if self._rounds_stochastically(param):
+            shapes["rounding_seed"] = ((), torch.int64)
+        return shapes
+
+    def _init_state(self, param: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        state = {}
+        for key, (shape, dtype) in self.expected_state_shapes(param).items():
+            device = "cpu" if key in self.host_state_keys else param.device
+            state[key] = torch.zeros(shape, dtype=dtype, device=device)
+        if "rounding_seed" in state:
+            # The tensor's stochastic-rounding stream: deterministic, saved, independent of other tensors.
+            state["rounding_seed"].fill_(seed)
+        return state
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
+        names = parameter_names(self)
+        params = [param for group in self.param_groups for param in group["params"]]
+        saved_ids = [saved_id for group in state_dict["param_groups"] for saved_id in group["params"]]
+        for name, param, saved_id in zip(names, params, saved_ids):
+            saved_state = state_dict["state"].get(saved_id)
+            if not saved_state:
+                continue
+            expected = self.expected_state_shapes(param)
+            if set(saved_state) != set(expected):
+                raise ValueError(
+                    f"AdamMini: the saved state of {name} has entries {sorted(saved_state)} but this optimizer "
+                    f"keeps {sorted(expected)}; build it with the state_dtype the state was saved with."
+                )
+            for key, (shape, dtype) in expected.items():
+                value = saved_state[key]
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
+                    found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+                    raise ValueError(
+                        f"AdamMini: the saved {key} of {name} is {found}, but this optimizer needs {dtype} {shape} "
+                        f"(role {self._layouts[param].role}, {self._layouts[param].n_blocks} blocks); build it with "
+                        "the n_heads, n_kv_heads, head_dim, rules and state_dtype the state was saved with."
+                    )
+
+    # -- the step --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """Take one optimization step for every parameter that has a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Raises:
+            FloatingPointError: a gradient holds a NaN or an infinity (with ``check_finite``); nothing changed.
+            TypeError: a gradient is sparse, complex or of an unsupported dtype; nothing changed.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        work = []  # (group, name, parameter, position) for every parameter with a gradient
+        position = 0
+        for group in self.param_groups:
+            for name, param in zip(group["param_names"], group["params"]):
+                if param.grad is not None:
+                    work.append((group, name, param, position))
+                position += 1
+        check_gradient_types("AdamMini", [(name, param.grad) for _, name, param, _ in work])
+        # The block statistics read only the gradients: computing them first lets a non-finite gradient stop
+        # the step before anything changes, and makes the finiteness check nearly free.
+        block_mean_sqs = [self._block_mean_sq(param) for _, _, param, _ in work]
+        if self.check_finite and work:
+            self._check_finite([(name, param.grad) for _, name, param, _ in work], block_mean_sqs)
+
+        for (group, _, param, position), block_mean_sq in zip(work, block_mean_sqs):
+            state = self.state[param]
+            if not state:
+                state.update(self._init_state(param, seed=position))
+            state["step"] += 1
+            layout = self._layouts[param]
+            beta1, beta2 = (float(beta) for beta in group["betas"])
+            adam_mini_update_(
+                param, param.grad, state["exp_avg"], state["exp_avg_sq"],
+                block_axis=layout.block_axis, segment_rows=layout.segment_rows,
+                rows_per_block=layout.rows_per_block, step=int(state["step"]), lr=float(group["lr"]),
+                beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]) if layout.weight_decay else 0.0,
+                rounding_seed=int(state["rounding_seed"]) if "rounding_seed" in state else 0,
+                block_mean_sq=block_mean_sq,
+            )
+        return loss
+
+    def _block_mean_sq(self, param: torch.Tensor) -> torch.Tensor | None:
+        """The block means of g^2 of ``param``, or ``None`` when its blocks are single elements (AdamW's path)."""
+        layout = self._layouts[param]
+        if layout.n_blocks == param.numel():
+            return None
+        return block_mean_squares(
+            param.grad, block_axis=layout.block_axis, segment_rows=layout.segment_rows,
+            rows_per_block=layout.rows_per_block,
+        )
+
+    @staticmethod
+    def _check_finite(
+        named_gradients: list[tuple[str, torch.Tensor]], block_mean_sqs: list[torch.Tensor | None]
+    ) -> None:
+        """Raise ``FloatingPointError`` when a gradient holds a NaN or an infinity.
+
+        A non-finite gradient makes the sum of its block statistics non-finite, so one tiny sum per tensor
+        (one device sync) clears all the others; only the suspects (and single-element-block tensors, which
+        have no statistic) get the exact element-wise check, whose error names them. A finite gradient so
+        large that its squares overflow is a suspect that passes the exact check.
+        """
+        suspects = [(name, grad) for (name, grad), stat in zip(named_gradients, block_mean_sqs) if stat is None]
+        sums_by_device: dict[torch.device, list[tuple[tuple[str, torch.Tensor], torch.Tensor]]] = {}
+        for named_gradient, stat in zip(named_gradients, block_mean_sqs):
+            if stat is not None:
+                sums_by_device.setdefault(stat.device, []).append((named_gradient, stat.sum()))
+        for entries in sums_by_device.values():
+            finite = torch.isfinite(torch.stack([total for _, total in entries])).tolist()
+            suspects.extend(named_gradient for (named_gradient, _), ok in zip(entries, finite) if not ok)
+        if suspects:
+            check_gradients_finite("AdamMini", suspects)
+
+    # -- what monitors read ------------------------------------------------------------------------------
+
+    def effective_learning_rates(self) -> dict[str, torch.Tensor]:
+        """Per parameter name, the effective learning rate of each block: ``lr / bc1 / (sqrt(v_b / bc2) + eps)``.
+
+        It is the factor that multiplies ``m`` in the update (float32, one entry per block, on the
+        parameter's device). Parameters that have not taken a step yet are left out.
+
+        Example:
+            >>> layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4)
+            >>> optimizer = AdamMini.from_model(layer)
+            >>> layer(torch.randn(5, 2, 64)).sum().backward()
+            >>> optimizer.step()
+            >>> optimizer.effective_learning_rates()["self_attn.in_proj_weight"].shape  # one per block
+            torch.Size([72])
+        """
+        rates = {}
+        for group in self.param_groups:
+            beta1, beta2 = (float(beta) for beta in group["betas"])
+            lr, eps = float(group["lr"]), float(group["eps"])
+            for name, param in zip(group["param_names"], group["params"]):
+                state = self.state.get(param)
+                if not state:
+                    continue
+                t = int(state["step"])
+                denominator = (state["exp_avg_sq"].sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+                rates[name] = denominator.reciprocal_().mul_(lr / (1 - beta1**t))
+        return rates
+
+
+__all__ = ["AdamMini"]
