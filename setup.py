@@ -34,8 +34,8 @@ def want_cuda() -> bool:
 
 
 def extension():
-    cpu_sources = sorted(set(glob.glob("csrc/**/*.cpp", recursive=True)) - set(glob.glob("csrc/**/*_cuda.cpp", recursive=True)))
-    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    cpu_sources = sorted(set(glob.glob("csrc/**/*.cpp", recursive=True)) - set(glob.glob("csrc/**/*_cuda_ops.cpp", recursive=True)))
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
     link_flags = ["-fopenmp"]
     if not want_cuda():
         return CppExtension("lit_microopt._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
@@ -43,7 +43,7 @@ def extension():
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "the visible GPUs")
-    cuda_sources = sorted(glob.glob("csrc/**/*_cuda.cpp", recursive=True) + glob.glob("csrc/**/*.cu", recursive=True))
+    cuda_sources = sorted(glob.glob("csrc/**/*_cuda_ops.cpp", recursive=True) + glob.glob("csrc/**/*.cu", recursive=True))
     definitions = [f'-DLIT_MICROOPT_CUDA_ARCHS="{archs}"', "-DLIT_MICROOPT_WITH_CUDA"]
     return CUDAExtension(
         "lit_microopt._C",
@@ -51,7 +51,7 @@ def extension():
         extra_compile_args={
             "cxx": cxx_flags + definitions,
             # No fused multiply-add: the kernels round like the PyTorch reference's separate operations.
-            "nvcc": ["-O3", "-std=c++17", "--fmad=false", "-lineinfo"] + definitions,
+            "nvcc": ["-O3", "-std=c++20", "--fmad=false", "-lineinfo"] + definitions,
         },
         extra_link_args=link_flags,
     )

@@ -46,7 +46,8 @@ LMO_HOST_DEVICE uint16_t float_to_bfloat16(float value) {
   return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
-// The next bfloat16 towards -infinity (down) or +infinity (up), as torch.nextafter does.
+// The next 16-bit float (bfloat16 or float16: both sign-magnitude) towards -infinity (down) or +infinity
+// (up), as torch.nextafter does.
 LMO_HOST_DEVICE uint16_t bfloat16_next(uint16_t bits, bool up) {
   const bool negative = bits & 0x8000u;
   if ((bits & 0x7fffu) == 0) return up ? 0x0001u : 0x8001u;  // from +0 or -0

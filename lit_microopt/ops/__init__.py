@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 from lit_microopt.ops.dispatch import compiled_available, kernels_report, use_compiled
+from lit_microopt.ops.reference import adam_mini as _adam_mini_reference
 from lit_microopt.ops.reference import microadam as _reference
+from lit_microopt.ops.reference.adam_mini import block_mean_squares
 from lit_microopt.ops.reference.microadam import TopKLayout, dequantize, slices, window_positions
 from lit_microopt.ops.reference.random import stream_key
 
@@ -56,8 +58,30 @@ def window_adam_update_(param, window_indices, window_values, row_weights1, row_
                                        c1, c2, eps, lr, weight_decay)
 
 
+def _compiled_apply_moments_(param, grad, exp_avg, row_denominator, *, block_axis: int, step_size: float,
+                             beta1: float, lr: float, weight_decay: float, stochastic_key: int | None) -> None:
+    """The compiled twin of :func:`lit_microopt.ops.reference.adam_mini.apply_moments_`."""
+    _compiled.adam_mini_update_(param, grad.contiguous(), exp_avg, row_denominator, block_axis, step_size, beta1, lr,
+                                weight_decay, stochastic_key is not None, stochastic_key or 0)
+
+
+def adam_mini_update_(param, grad, exp_avg, exp_avg_sq, **arguments) -> None:
+    """One Adam-mini step (arguments of :func:`lit_microopt.ops.reference.adam_mini.adam_mini_update_`).
+
+    The block statistics (one reduction per tensor) stay in PyTorch; the element-wise pass runs compiled where
+    built. Parameters whose blocks are single elements (biases) keep AdamW's own arithmetic, bit for bit.
+    """
+    compiled = (
+        exp_avg_sq.numel() != param.numel() and param.is_contiguous() and use_compiled(param, "adam_mini_update_")
+    )
+    apply = _compiled_apply_moments_ if compiled else _adam_mini_reference.apply_moments_
+    _adam_mini_reference.adam_mini_update_(param, grad, exp_avg, exp_avg_sq, **arguments, apply=apply)
+
+
 __all__ = [
     "TopKLayout",
+    "adam_mini_update_",
+    "block_mean_squares",
     "block_topk",
     "compiled_available",
     "dequantize",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lit_microopt.ops.reference.adam_mini import adam_mini_update_, block_mean_squares
+from lit_microopt.ops import adam_mini_update_, block_mean_squares
 from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,

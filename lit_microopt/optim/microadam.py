@@ -244,21 +244,19 @@ class MicroAdam(ExactStateOptimizer):
         if self.check_finite and named_gradients:
             check_gradients_finite("MicroAdam", named_gradients)
 
-        telemetry = MicroAdamTelemetry(
-            per_group=[MicroAdamStatistics() for _ in self.param_groups]
-        ) if self._telemetry_requested else None
+        collect = self._telemetry_requested
         self._telemetry_requested = False
+        pending = []  # (group index, name, statistics as a tensor, counts) of every parameter, when collecting
         for group_index, param, name, position in work:
             group = self.param_groups[group_index]
             state = self.state[param]
             if not state:
                 state.update(self._init_state(param, group, seed=position))
-            statistics = self._step_parameter(param, group, state, collect=telemetry is not None)
-            if telemetry is not None:
-                telemetry.per_parameter[name] = statistics
-                telemetry.per_group[group_index] = telemetry.per_group[group_index] + statistics
-        if telemetry is not None:
-            self.telemetry = telemetry
+            statistics = self._step_parameter(param, group, state, collect)
+            if collect:
+                pending.append((group_index, name, *statistics))
+        if collect:
+            self.telemetry = self._gather_telemetry(pending, len(self.param_groups))
         return loss
 
     def _step_parameter(
@@ -281,10 +279,10 @@ class MicroAdam(ExactStateOptimizer):
         ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
         # Step 3: Top-K of every block into window row (t - 1) mod m.
         ops.block_topk(accumulator, indices[row], values[row], layout)
-        if collect:
-            accumulator_sq = accumulator.double().square().sum()
-            kept = accumulator[ops.window_positions(indices[row], layout)]
-            discarded_sq = (accumulator_sq - kept.double().square().sum()).clamp_(min=0)
+        if collect:  # ||a||^2 and ||a - TopK(a)||^2, before the kept entries leave a
+            accumulator_sq = torch.linalg.vector_norm(accumulator.float()).double().square()
+            kept = accumulator[ops.window_positions(indices[row], layout)].float()
+            discarded_sq = accumulator_sq - torch.linalg.vector_norm(kept).double().square()
         # Steps 4 and 5: remove what was kept, quantize the remainder.
         key = ops.stream_key(int(state["rounding_seed"]), t)
         stochastic = group["ef_rounding"] == "stochastic"
@@ -309,9 +307,7 @@ class MicroAdam(ExactStateOptimizer):
 
         if not collect:
             return None
-        return self._statistics(
-            accumulator, state, layout, group, filled, float(accumulator_sq), float(discarded_sq)
-        )
+        return self._statistics(accumulator, state, layout, group, filled, accumulator_sq, discarded_sq)
 
     @staticmethod
     def _statistics(
@@ -320,32 +316,49 @@ class MicroAdam(ExactStateOptimizer):
         layout: TopKLayout,
         group: dict[str, Any],
         filled: int,
-        accumulator_sq: float,
-        discarded_sq: float,
-    ) -> MicroAdamStatistics:
-        """The spec's telemetry for one parameter, after its step (``remainder`` still holds ``r``)."""
+        accumulator_sq: torch.Tensor,
+        discarded_sq: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """The spec's telemetry for one parameter after its step (``remainder`` still holds ``r``): the sums
+        as one float64 tensor on the parameter's device (read later, once for all parameters), and the counts."""
         bucket_size = group["quant_bucket_size"]
-        remainder_sq = quantization_error_sq = error_feedback_sq = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=remainder.device)
         for start, stop in slices(layout.numel, bucket_size):
-            decoded = ops.dequantize(
-                state["error_feedback"], state["bucket_min"], state["bucket_max"], bucket_size, start, stop
-            ).double()
-            exact = remainder[start:stop].double()
-            remainder_sq += float(exact.square().sum())
-            quantization_error_sq += float((decoded - exact).square().sum())
-            error_feedback_sq += float(decoded.square().sum())
-        positions = ops.window_positions(state["window_indices"][:filled], layout)
-        return MicroAdamStatistics(
-            accumulator_sq=accumulator_sq,
-            discarded_sq=discarded_sq,
-            remainder_sq=remainder_sq,
-            quantization_error_sq=quantization_error_sq,
-            error_feedback_sq=error_feedback_sq,
-            filled_entries=filled * layout.k,
-            window_entries=group["m"] * layout.k,
-            support=int(torch.unique(positions).numel()),
-            numel=layout.numel,
-        )
+            # Q^-1(e) through the step's own op, added to zeros.
+            decoded = torch.zeros(stop - start, dtype=torch.float32, device=remainder.device)
+            buckets = slice(start // bucket_size, -(-stop // bucket_size))
+            ops.ef_dequant_add_(decoded, state["error_feedback"][start // 2 : (stop + 1) // 2],
+                                state["bucket_min"][buckets], state["bucket_max"][buckets], bucket_size)
+            exact = remainder[start:stop].float()
+            norms = torch.stack([torch.linalg.vector_norm(exact), torch.linalg.vector_norm(decoded - exact),
+                                 torch.linalg.vector_norm(decoded)])
+            sums += norms.double().square()
+        held = torch.zeros(layout.numel, dtype=torch.bool, device=remainder.device)
+        held[ops.window_positions(state["window_indices"][:filled], layout).view(-1)] = True
+        values = torch.cat([torch.stack([accumulator_sq, discarded_sq]).double(), sums, held.sum().double().view(1)])
+        return values, (filled * layout.k, group["m"] * layout.k, layout.numel)
+
+    @staticmethod
+    def _gather_telemetry(pending: list, groups: int) -> MicroAdamTelemetry:
+        """Read every parameter's statistics with one transfer per device and sum them per param group."""
+        by_device: dict[torch.device, list[int]] = {}
+        for index, entry in enumerate(pending):
+            by_device.setdefault(entry[2].device, []).append(index)
+        values: list[list[float]] = [[] for _ in pending]
+        for device, indices in by_device.items():
+            for index, row in zip(indices, torch.stack([pending[i][2] for i in indices]).tolist()):
+                values[index] = row
+        telemetry = MicroAdamTelemetry(per_group=[MicroAdamStatistics() for _ in range(groups)])
+        for (group_index, name, _, (filled_entries, window_entries, numel)), row in zip(pending, values):
+            accumulator_sq, discarded_sq, remainder_sq, quantization_sq, error_feedback_sq, support = row
+            statistics = MicroAdamStatistics(
+                accumulator_sq=accumulator_sq, discarded_sq=max(discarded_sq, 0.0), remainder_sq=remainder_sq,
+                quantization_error_sq=quantization_sq, error_feedback_sq=error_feedback_sq,
+                filled_entries=filled_entries, window_entries=window_entries, support=int(support), numel=numel,
+            )
+            telemetry.per_parameter[name] = statistics
+            telemetry.per_group[group_index] = telemetry.per_group[group_index] + statistics
+        return telemetry
 
     def bytes_per_element(self, group_index: int = 0) -> float:
         """The spec's state size for large tensors under a group's settings: ``4*m*density + 0.5 + 4/q``."""

@@ -192,3 +192,44 @@ def test_report_names_what_each_optimizer_uses(monkeypatch):
     report = dispatch.kernels_report()
     assert "extension: loaded" in report
     assert "MicroAdam on cpu: compiled kernels" in report
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_step_on_a_second_stream_matches_the_default_stream():
+    require_kernels("cuda")
+    results = []
+    for use_side_stream in (False, True):
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(5000, device="cuda"))
+        optimizer = MicroAdam([param], density=0.05, block_size=512, quant_bucket_size=32)
+        stream = torch.cuda.Stream() if use_side_stream else torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            for step in range(5):
+                param.grad = torch.randn(5000, device="cuda", generator=torch.Generator("cuda").manual_seed(step))
+                optimizer.step()
+        stream.synchronize()
+        results.append(param.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_misaligned_inputs_give_the_reference_result(dtype):
+    """Views that start one element into their storage (not 16-byte aligned) are handled."""
+    require_kernels("cuda")
+    numel = 1001
+    layout = ops.TopKLayout.of(numel, 64, 0.1)
+    storage = torch.randn(numel + 1, device="cuda").to(dtype)
+    accumulator = storage[1:]
+    assert accumulator.data_ptr() % 16 != 0
+    expected, actual = window_row(layout, "cuda"), window_row(layout, "cuda")
+    reference.block_topk(accumulator.clone(), *expected, layout)
+    compiled.block_topk(accumulator, *actual, layout.block_size, layout.k_block, layout.k_last)
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+    generator = torch.Generator().manual_seed(0)
+    error_feedback, low, high = error_feedback_state(numel, 16, "cuda", generator)
+    target = accumulator.clone()
+    reference.ef_dequant_add_(target, error_feedback, low, high, 16)
+    compiled.ef_dequant_add_(accumulator, error_feedback, low, high, 16)
+    assert torch.equal(accumulator, target)

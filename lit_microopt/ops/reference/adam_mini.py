@@ -17,7 +17,7 @@ segments of a fused [q; k; v] weight.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -93,6 +93,97 @@ def block_mean_squares(
     return _block_sums_to_means(row_sums, segment_rows, rows_per_block, grad.numel() // n_rows)
 
 
+def block_denominators_(
+    exp_avg_sq: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    block_axis: int,
+    segment_rows: Sequence[int],
+    rows_per_block: Sequence[int],
+    step: int,
+    beta2: float,
+    eps: float,
+    block_mean_sq: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Step 3 and the denominator of step 4: ``v_b`` updated in place, then ``sqrt(v_b / bc2) + eps`` per block.
+
+    ``block_mean_sq`` is :func:`block_mean_squares` of ``grad`` when already computed. When every block has one
+    element the arithmetic is AdamW's own, operation for operation, so that the result is AdamW's bit for bit.
+    """
+    if exp_avg_sq.numel() == grad.numel():
+        flat_grad = grad.reshape(-1).float()
+        exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1 - beta2)
+    else:
+        if block_mean_sq is None:
+            block_mean_sq = block_mean_squares(
+                grad, block_axis=block_axis, segment_rows=segment_rows, rows_per_block=rows_per_block
+            )
+        exp_avg_sq.mul_(beta2).add_(block_mean_sq, alpha=1 - beta2)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5  # written as AdamW writes it, for bit equality
+    return (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+
+
+def row_denominators(
+    block_denominators: torch.Tensor, segment_rows: Sequence[int], rows_per_block: Sequence[int]
+) -> torch.Tensor:
+    """One denominator per row of the block matrix (a vector of ``n_rows``, small next to the parameter)."""
+    if block_denominators.numel() == sum(segment_rows):
+        return block_denominators
+    return _rows_from_blocks(block_denominators, segment_rows, rows_per_block)
+
+
+def apply_moments_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    row_denominator: torch.Tensor,
+    *,
+    block_axis: int,
+    step_size: float,
+    beta1: float,
+    lr: float,
+    weight_decay: float,
+    stochastic_key: int | None,
+) -> None:
+    """Steps 1, 2, 4 and 5 for every element: the reference of the compiled op ``adam_mini_update_``.
+
+    ``row_denominator`` holds ``sqrt(v_b / bc2) + eps`` for every row of the block matrix (see the module's
+    docstring), ``step_size = lr / bc1``. ``stochastic_key`` selects the random stream that rounds ``m`` when
+    its dtype is narrower than the parameter's (``None`` otherwise).
+    """
+    n_rows = row_denominator.numel()
+    # A non-contiguous parameter (channels_last) has no matrix view: work on a copy, write it back at the end.
+    target = param if param.is_contiguous() else param.contiguous()
+    grad = grad.contiguous()
+
+    # 1. Decoupled weight decay: p *= 1 - lr * weight_decay.
+    if weight_decay != 0:
+        target.mul_(1 - lr * weight_decay)
+
+    # 2. m = beta1 * m + (1 - beta1) * g, in the parameter's dtype as AdamW does; in float32 when m has
+    #    another dtype (written back at step 5, stochastically rounded when narrower than the parameter).
+    if exp_avg.dtype == target.dtype:
+        exp_avg.lerp_(grad if grad.dtype == exp_avg.dtype else grad.to(exp_avg.dtype), 1 - beta1)
+        moment = exp_avg
+    elif exp_avg.dtype == torch.float32:
+        moment = exp_avg.lerp_(grad.float(), 1 - beta1)
+    else:
+        moment = exp_avg.float().lerp_(grad.float(), 1 - beta1)
+
+    # 4. p -= lr * (m / bc1) / (sqrt(v_b / bc2) + eps): one denominator per block, spread over its rows.
+    rows = row_denominator.view(-1, 1) if block_axis == 0 else row_denominator.view(1, -1)
+    _matrix(target, n_rows, block_axis).addcdiv_(_matrix(moment, n_rows, block_axis), rows, value=-step_size)
+
+    # 5. Write m back in its own dtype.
+    if moment is not exp_avg:
+        if stochastic_key is not None:
+            exp_avg.copy_(stochastic_round(moment, exp_avg.dtype, stochastic_key))
+        else:
+            exp_avg.copy_(moment)
+    if target is not param:
+        param.copy_(target)
+
+
 def adam_mini_update_(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -110,6 +201,7 @@ def adam_mini_update_(
     weight_decay: float,
     rounding_seed: int = 0,
     block_mean_sq: torch.Tensor | None = None,
+    apply: Callable[..., None] | None = None,
 ) -> None:
     """One Adam-mini step of ``param`` in place (``spec/adam_mini.md``, "One step").
 
@@ -131,64 +223,27 @@ def adam_mini_update_(
         rounding_seed: this tensor's stochastic-rounding seed; with ``step`` it fixes the random stream.
         block_mean_sq: :func:`block_mean_squares` of ``grad`` when already computed, else ``None``. Ignored
             when every block has one element: those take AdamW's own arithmetic.
+        apply: the element-wise pass, :func:`apply_moments_` (default) or a compiled kernel with its signature.
     """
     if param.numel() == 0:
         return
-    one_element_blocks = exp_avg_sq.numel() == param.numel()
-    n_rows = sum(segment_rows)
-    # A non-contiguous parameter (channels_last) has no matrix view: work on a copy, write it back at the end.
-    target = param if param.is_contiguous() else param.contiguous()
-    grad = grad.contiguous()
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5  # written as AdamW writes it, for bit equality
-
-    # 1. Decoupled weight decay: p *= 1 - lr * weight_decay.
-    if weight_decay != 0:
-        target.mul_(1 - lr * weight_decay)
-
-    # 2. m = beta1 * m + (1 - beta1) * g, in the parameter's dtype as AdamW does; in float32 when m has
-    #    another dtype (written back at step 5, stochastically rounded when narrower than the parameter).
-    if exp_avg.dtype == target.dtype:
-        exp_avg.lerp_(grad if grad.dtype == exp_avg.dtype else grad.to(exp_avg.dtype), 1 - beta1)
-        moment = exp_avg
-    elif exp_avg.dtype == torch.float32:
-        moment = exp_avg.lerp_(grad.float(), 1 - beta1)
-    else:
-        moment = exp_avg.float().lerp_(grad.float(), 1 - beta1)
-
-    # 3. v_b = beta2 * v_b + (1 - beta2) * mean over block b of g^2, in float32.
-    if one_element_blocks:
-        # One element per block is AdamW exactly: the same operations in the same order.
-        flat_grad = grad.reshape(-1).float()
-        exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1 - beta2)
-    else:
-        if block_mean_sq is None:
-            block_mean_sq = block_mean_squares(
-                grad, block_axis=block_axis, segment_rows=segment_rows, rows_per_block=rows_per_block
-            )
-        exp_avg_sq.mul_(beta2).add_(block_mean_sq, alpha=1 - beta2)
-
-    # 4. p -= lr * (m / bc1) / (sqrt(v_b / bc2) + eps): one denominator per block, spread over its rows.
-    denominator = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    if one_element_blocks:
-        target.view(-1).addcdiv_(moment.view(-1), denominator, value=-step_size)
-    else:
-        row_denominator = _rows_from_blocks(denominator, segment_rows, rows_per_block)
-        row_denominator = row_denominator.view(-1, 1) if block_axis == 0 else row_denominator.view(1, -1)
-        _matrix(target, n_rows, block_axis).addcdiv_(
-            _matrix(moment, n_rows, block_axis), row_denominator, value=-step_size
-        )
-
-    # 5. Write m back in its own dtype.
-    if moment is not exp_avg:
-        if exp_avg.element_size() < param.element_size():
-            exp_avg.copy_(stochastic_round(moment, exp_avg.dtype, stream_key(rounding_seed, step)))
-        else:
-            exp_avg.copy_(moment)
-    if target is not param:
-        param.copy_(target)
+    denominators = block_denominators_(
+        exp_avg_sq, grad, block_axis=block_axis, segment_rows=segment_rows, rows_per_block=rows_per_block,
+        step=step, beta2=beta2, eps=eps, block_mean_sq=block_mean_sq,
+    )
+    narrower = exp_avg.element_size() < param.element_size()
+    (apply or apply_moments_)(
+        param, grad, exp_avg, row_denominators(denominators, segment_rows, rows_per_block),
+        block_axis=block_axis, step_size=lr / (1 - beta1**step), beta1=beta1, lr=lr, weight_decay=weight_decay,
+        stochastic_key=stream_key(rounding_seed, step) if narrower else None,
+    )
 
 
-__all__ = ["adam_mini_update_", "block_mean_squares", "stochastic_round"]
+__all__ = [
+    "adam_mini_update_",
+    "apply_moments_",
+    "block_denominators_",
+    "block_mean_squares",
+    "row_denominators",
+    "stochastic_round",
+]

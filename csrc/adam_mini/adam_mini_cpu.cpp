@@ -1,0 +1,104 @@
+// Adam-mini's element-wise pass on the CPU, the twin of apply_moments_ in
+// lit_microopt/ops/reference/adam_mini.py: weight decay, m's update, p -= step_size * m / d_row, m written
+// back in its dtype (stochastically rounded when narrower than the parameter). One pass over p, g and m.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "adam_mini_math.h"
+
+namespace lit_microopt {
+namespace adam_mini {
+namespace {
+
+void check_tensor(const at::Tensor& tensor, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu(), "lit_microopt: ", name, " must be a CPU tensor for the CPU kernel");
+  TORCH_CHECK(tensor.is_contiguous(), "lit_microopt: ", name, " must be contiguous");
+}
+
+// bits of a 16-bit float and back (c10::BFloat16 and c10::Half keep theirs in `x`).
+template <typename T>
+uint16_t bits16(T value) { return value.x; }
+template <typename T>
+T from_bits16(uint16_t bits) { return T(bits, T::from_bits()); }
+
+template <typename moment_t>
+moment_t round_stochastically(float value, float random) {
+  if constexpr (std::is_same_v<moment_t, at::BFloat16>) {
+    return from_bits16<at::BFloat16>(stochastic_bfloat16(value, random));
+  } else if constexpr (std::is_same_v<moment_t, at::Half>) {
+    const at::Half nearest = static_cast<at::Half>(value);
+    const float nearest_value = static_cast<float>(nearest);
+    const at::Half neighbour = from_bits16<at::Half>(bfloat16_next(bits16(nearest), value - nearest_value > 0.0f));
+    return take_neighbour(value, nearest_value, static_cast<float>(neighbour), random) ? neighbour : nearest;
+  } else {
+    return static_cast<moment_t>(value);  // not narrower than any parameter: never called
+  }
+}
+
+template <typename param_t, typename moment_t>
+inline void update_element(param_t& param, param_t grad, moment_t& moment, float denominator,
+                           const Hyperparameters& h, int64_t index) {
+  float p = static_cast<float>(param);
+  if (h.decays) p = static_cast<float>(static_cast<param_t>(p * h.decay));  // weight decay rounds p
+  const float updated = lerp(static_cast<float>(moment), static_cast<float>(grad), h.weight);
+  // m in the parameter's dtype is rounded before it is used, as the reference's in-place lerp_ does.
+  const float used = std::is_same_v<param_t, moment_t> ? static_cast<float>(static_cast<moment_t>(updated)) : updated;
+  param = static_cast<param_t>(apply_update(p, used, denominator, h.step_size));
+  moment = h.stochastic ? round_stochastically<moment_t>(updated, uniform(h.key, index))
+                        : static_cast<moment_t>(updated);
+}
+
+void check_arguments(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                     const at::Tensor& row_denominator, int64_t block_axis) {
+  TORCH_CHECK(grad.scalar_type() == param.scalar_type(), "lit_microopt: grad must have the parameter's dtype");
+  TORCH_CHECK(grad.numel() == param.numel() && exp_avg.numel() == param.numel(),
+              "lit_microopt: grad and exp_avg must have the parameter's number of elements");
+  TORCH_CHECK(row_denominator.scalar_type() == at::kFloat, "lit_microopt: row_denominator must be float32");
+  TORCH_CHECK(block_axis == 0 || block_axis == 1, "lit_microopt: block_axis must be 0 or 1");
+  TORCH_CHECK(row_denominator.numel() > 0 && param.numel() % row_denominator.numel() == 0,
+              "lit_microopt: the parameter's elements must split evenly into row_denominator's rows");
+}
+
+template <typename param_t, typename moment_t>
+void update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, const at::Tensor& row_denominator,
+            int64_t block_axis, const Hyperparameters& h) {
+  param_t* p = param.data_ptr<param_t>();
+  const param_t* g = grad.data_ptr<param_t>();
+  moment_t* m = exp_avg.data_ptr<moment_t>();
+  const float* denominators = row_denominator.data_ptr<float>();
+  const int64_t numel = param.numel(), rows = row_denominator.numel(), row_numel = numel / rows;
+  at::parallel_for(0, numel, 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t row = block_axis == 0 ? i / row_numel : i % rows;
+      update_element<param_t, moment_t>(p[i], g[i], m[i], denominators[row], h, i);
+    }
+  });
+}
+
+void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
+                          const at::Tensor& row_denominator, int64_t block_axis, double step_size, double beta1,
+                          double lr, double weight_decay, bool stochastic, int64_t key) {
+  check_tensor(param, "param");
+  check_tensor(grad, "grad");
+  check_tensor(exp_avg, "exp_avg");
+  check_tensor(row_denominator, "row_denominator");
+  check_arguments(param, grad, exp_avg, row_denominator, block_axis);
+  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "adam_mini_update_", [&] {
+    using param_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, exp_avg.scalar_type(), "adam_mini_update_", [&] {
+      update<param_t, scalar_t>(param, grad, exp_avg, row_denominator, block_axis, h);
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lit_microopt, CPU, m) { m.impl("adam_mini_update_", &adam_mini_update_cpu); }
+
+}  // namespace adam_mini
+}  // namespace lit_microopt

@@ -1,0 +1,136 @@
+"""Adam-mini's compiled element-wise kernel against the reference, and torch.compile over the custom ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_microopt import AdamMini, MicroAdam, ops
+from lit_microopt.ops import dispatch
+from lit_microopt.ops.reference import adam_mini as reference
+from lit_microopt.ops.reference.random import stream_key
+
+compiled = torch.ops.lit_microopt
+# The kernels compute m's update with two roundings where PyTorch's vectorised lerp_ fuses it into one:
+# results agree to a few ulps of the parameter's dtype per step.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def require_kernel(device: str) -> None:
+    if not dispatch.compiled_available(device, dispatch.ADAM_MINI_OPS):
+        pytest.fail(f"the {device} kernel of adam_mini_update_ is not built: {dispatch.kernels_report()}")
+
+
+@pytest.mark.parametrize("block_axis", [0, 1])
+@pytest.mark.parametrize("moment_dtype", [None, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_element_wise_pass_matches_the_reference(device, dtype, block_axis, moment_dtype, weight_decay):
+    require_kernel(device)
+    generator = torch.Generator().manual_seed(0)
+    shape, rows = (12, 10), 12 if block_axis == 0 else 10
+    param = torch.randn(shape, generator=generator).to(device, dtype)
+    grad = torch.randn(shape, generator=generator).to(device, dtype)
+    exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(device, moment_dtype or dtype)
+    row_denominator = (0.5 + torch.rand(rows, generator=generator)).to(device)
+    narrower = exp_avg.element_size() < param.element_size()
+    arguments = dict(block_axis=block_axis, step_size=1e-2, beta1=0.9, lr=1e-2, weight_decay=weight_decay,
+                     stochastic_key=stream_key(5, 3) if narrower else None)
+    expected = [param.clone(), exp_avg.clone()]
+    actual = [param.clone(), exp_avg.clone()]
+    reference.apply_moments_(expected[0], grad, expected[1], row_denominator, **arguments)
+    ops._compiled_apply_moments_(actual[0], grad, actual[1], row_denominator, **arguments)
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(actual[0], expected[0], rtol=tolerance, atol=tolerance)
+    # A stochastically rounded m may land on the other neighbour: one ulp of m's dtype.
+    torch.testing.assert_close(actual[1].float(), expected[1].float(), rtol=1e-2 if narrower else tolerance,
+                               atol=1e-3 if narrower else tolerance)
+
+
+def _llama(device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(config).to(device, dtype)
+
+
+def _trajectory(backend, device, dtype, state_dtype, monkeypatch, steps=50):
+    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, backend)
+    model = _llama(device, dtype)
+    optimizer = AdamMini.from_model(model, lr=1e-3, weight_decay=0.1, state_dtype=state_dtype)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        tokens = torch.randint(0, 64, (4, 12), generator=generator).to(device)
+        loss = model(input_ids=tokens, labels=tokens).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return [p.detach().float().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=["m-like-param", "m-bf16"])
+def test_fifty_step_trajectories_agree(device, state_dtype, monkeypatch):
+    require_kernel(device)
+    expected = _trajectory("reference", device, torch.float32, state_dtype, monkeypatch)
+    actual = _trajectory("compiled", device, torch.float32, state_dtype, monkeypatch)
+    # A stochastically rounded m flips to its other neighbour where the two float32 values of m differ by an
+    # ulp: a few percent of one step (lr = 1e-3) on a handful of elements.
+    atol = 1e-5 if state_dtype is None else 1e-4
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol)
+
+
+def test_torch_compile_traces_through_every_custom_op(device):
+    """With fullgraph=True, a missing or wrong fake implementation is an error, not a graph break."""
+    require_kernel(device)
+    layout = ops.TopKLayout.of(300, 64, 0.1)
+
+    def microadam_ops(accumulator, codes, low, high, indices, values, param, weights):
+        compiled.ef_dequant_add_(accumulator, codes, low, high, 16)
+        compiled.block_topk(accumulator, indices, values, 64, layout.k_block, layout.k_last)
+        compiled.ef_quantize_(accumulator, indices, codes, low, high, 16, 64, layout.k_block, False, 0)
+        compiled.window_adam_update_(param, indices[None], values[None], weights, weights, 64, layout.k_block,
+                                     0.1, 0.001, 1e-8, 1e-2, 0.0)
+        return param
+
+    def arguments():
+        generator = torch.Generator().manual_seed(0)
+        return (torch.randn(300, generator=generator).to(device), torch.zeros(150, dtype=torch.uint8, device=device),
+                torch.zeros(19, dtype=torch.bfloat16, device=device), torch.zeros(19, dtype=torch.bfloat16, device=device),
+                torch.zeros(layout.k, dtype=torch.int16, device=device),
+                torch.zeros(layout.k, dtype=torch.bfloat16, device=device), torch.ones(300, device=device),
+                torch.ones(1, device=device))
+
+    eager = microadam_ops(*arguments())
+    traced = torch.compile(microadam_ops, backend="aot_eager", fullgraph=True)(*arguments())
+    assert torch.equal(eager, traced)
+
+    def adam_mini_op(param, grad, moment, denominator):
+        compiled.adam_mini_update_(param, grad, moment, denominator, 0, 1e-2, 0.9, 1e-2, 0.0, False, 0)
+        return param, moment
+
+    inputs = lambda: (torch.ones(8, 4, device=device), torch.full((8, 4), 0.5, device=device),
+                      torch.zeros(8, 4, device=device), torch.ones(8, device=device))
+    for a, b in zip(adam_mini_op(*inputs()), torch.compile(adam_mini_op, backend="aot_eager", fullgraph=True)(*inputs())):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer_class", [MicroAdam, AdamMini])
+def test_torch_compile_of_a_training_step(optimizer_class):
+    """A compiled model trains with either optimizer (the step itself runs eagerly around the custom ops)."""
+    model = _llama("cpu", torch.float32)
+    if optimizer_class is AdamMini:
+        optimizer = AdamMini.from_model(model, lr=1e-3)
+    else:
+        optimizer = MicroAdam(model.named_parameters(), lr=1e-3, block_size=256, density=0.1)
+    compiled_model = torch.compile(model, backend="aot_eager")
+    tokens = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(5):
+        loss = compiled_model(input_ids=tokens, labels=tokens).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
