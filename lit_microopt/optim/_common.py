@@ -97,11 +97,52 @@ class ExactStateOptimizer(torch.optim.Optimizer):
     fit; nothing is changed when it raises.
     """
 
-    #: State keys kept on the CPU whatever the parameter's device (step counts: read without a device sync).
-    host_state_keys: tuple[str, ...] = ("step",)
+    #: State keys kept on the CPU whatever the parameter's device (step counts and seeds: read without a sync).
+    host_state_keys: tuple[str, ...] = ("step", "rounding_seed")
 
-    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:  # pragma: no cover - overridden
+    def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every state tensor of ``param`` in ``group``."""
+        raise NotImplementedError  # pragma: no cover - every subclass defines its state
+
+    def _state_fix(self, param: torch.Tensor, group: dict[str, Any]) -> str:
+        """The end of the message when a saved state does not fit ``param``: what to build the optimizer with."""
+        return "load a state dict saved by this optimizer for the same model and settings."
+
+    def _new_state(self, param: torch.Tensor, group: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+        """Zero-filled state for ``param``; ``rounding_seed`` (if any) gets ``seed``: the tensor's own random
+        stream, deterministic and saved with the state."""
+        state = {}
+        for key, (shape, dtype) in self._expected_state(param, group).items():
+            device = "cpu" if key in self.host_state_keys else param.device
+            state[key] = torch.zeros(shape, dtype=dtype, device=device)
+        if "rounding_seed" in state:
+            state["rounding_seed"].fill_(seed)
+        return state
+
+    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
         """Raise ``ValueError`` naming the parameter and what differs when ``state_dict`` does not fit."""
+        owner = type(self).__name__
+        names = iter(parameter_names(self))
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
+            for param, saved_id in zip(group["params"], saved_group["params"]):
+                name = next(names)
+                saved_state = state_dict["state"].get(saved_id)
+                if not saved_state:
+                    continue
+                expected = self._expected_state(param, group)
+                fix = self._state_fix(param, group)
+                if set(saved_state) != set(expected):
+                    raise ValueError(
+                        f"{owner}: the saved state of {name} has entries {sorted(saved_state)} but this optimizer "
+                        f"keeps {sorted(expected)}; {fix}"
+                    )
+                for key, (shape, dtype) in expected.items():
+                    value = saved_state[key]
+                    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
+                        found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+                        raise ValueError(
+                            f"{owner}: the saved {key} of {name} is {found}, but this optimizer needs {dtype} {shape}; {fix}"
+                        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by ``state_dict()``; every tensor keeps its saved dtype.

@@ -26,7 +26,6 @@ from lit_microopt.optim._common import (
     check_common_hyperparameters,
     check_gradient_types,
     check_gradients_finite,
-    parameter_names,
 )
 from lit_microopt.optim.partition import (
     BlockLayout,
@@ -133,8 +132,6 @@ class AdamMini(ExactStateOptimizer):
         >>> optimizer.step()
         >>> optimizer.zero_grad()
     """
-
-    host_state_keys = ("step", "rounding_seed")
 
     def __init__(
         self,
@@ -263,39 +260,13 @@ class AdamMini(ExactStateOptimizer):
             shapes["rounding_seed"] = ((), torch.int64)
         return shapes
 
-    def _init_state(self, param: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-        state = {}
-        for key, (shape, dtype) in self.expected_state_shapes(param).items():
-            device = "cpu" if key in self.host_state_keys else param.device
-            state[key] = torch.zeros(shape, dtype=dtype, device=device)
-        if "rounding_seed" in state:
-            # The tensor's stochastic-rounding stream: deterministic, saved, independent of other tensors.
-            state["rounding_seed"].fill_(seed)
-        return state
+    def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return self.expected_state_shapes(param)
 
-    def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
-        names = parameter_names(self)
-        params = [param for group in self.param_groups for param in group["params"]]
-        saved_ids = [saved_id for group in state_dict["param_groups"] for saved_id in group["params"]]
-        for name, param, saved_id in zip(names, params, saved_ids):
-            saved_state = state_dict["state"].get(saved_id)
-            if not saved_state:
-                continue
-            expected = self.expected_state_shapes(param)
-            if set(saved_state) != set(expected):
-                raise ValueError(
-                    f"AdamMini: the saved state of {name} has entries {sorted(saved_state)} but this optimizer "
-                    f"keeps {sorted(expected)}; build it with the state_dtype the state was saved with."
-                )
-            for key, (shape, dtype) in expected.items():
-                value = saved_state[key]
-                if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
-                    found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
-                    raise ValueError(
-                        f"AdamMini: the saved {key} of {name} is {found}, but this optimizer needs {dtype} {shape} "
-                        f"(role {self._layouts[param].role}, {self._layouts[param].n_blocks} blocks); build it with "
-                        "the n_heads, n_kv_heads, head_dim, rules and state_dtype the state was saved with."
-                    )
+    def _state_fix(self, param: torch.Tensor, group: dict[str, Any]) -> str:
+        layout = self._layouts[param]
+        return (f"this parameter has role {layout.role} with {layout.n_blocks} blocks; build the optimizer with the "
+                "n_heads, n_kv_heads, head_dim, rules and state_dtype the state was saved with.")
 
     # -- the step --------------------------------------------------------------------------------------
 
@@ -332,7 +303,7 @@ class AdamMini(ExactStateOptimizer):
         for (group, _, param, position), block_mean_sq in zip(work, block_mean_sqs):
             state = self.state[param]
             if not state:
-                state.update(self._init_state(param, seed=position))
+                state.update(self._new_state(param, group, seed=position))
             state["step"] += 1
             layout = self._layouts[param]
             beta1, beta2 = (float(beta) for beta in group["betas"])

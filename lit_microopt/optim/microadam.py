@@ -102,8 +102,6 @@ class MicroAdam(ExactStateOptimizer):
         >>> optimizer.zero_grad()
     """
 
-    host_state_keys = ("step", "rounding_seed")
-
     def __init__(
         self,
         params: Any,
@@ -173,18 +171,14 @@ class MicroAdam(ExactStateOptimizer):
             "bucket_max": ((buckets,), torch.bfloat16),
         }
 
-    def _init_state(self, param: torch.Tensor, group: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
-        state = {}
-        for key, (shape, dtype) in self.expected_state_shapes(param.numel(), group).items():
-            device = "cpu" if key in self.host_state_keys else param.device
-            state[key] = torch.zeros(shape, dtype=dtype, device=device)
-        # The stochastic-rounding stream of this tensor: deterministic, saved, independent of other tensors.
-        state["rounding_seed"].fill_(seed)
-        return state
+    def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return self.expected_state_shapes(param.numel(), group)
+
+    def _state_fix(self, param: torch.Tensor, group: dict[str, Any]) -> str:
+        return (f"this parameter has {param.numel()} elements; load a state dict saved for the same model with the "
+                "same m, density, block_size and quant_bucket_size.")
 
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
-        names = parameter_names(self)
-        position = 0
         for index, (group, saved_group) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
             for key in LAYOUT_HYPERPARAMETERS:
                 if key in saved_group and saved_group[key] != group[key]:
@@ -193,25 +187,7 @@ class MicroAdam(ExactStateOptimizer):
                         f"{index}, but this optimizer has {key}={group[key]!r}; build the optimizer with "
                         f"{key}={saved_group[key]!r} to load it."
                     )
-            for param, saved_id in zip(group["params"], saved_group["params"]):
-                name = names[position]
-                position += 1
-                saved_state = state_dict["state"].get(saved_id)
-                if not saved_state:
-                    continue
-                for key, (shape, dtype) in self.expected_state_shapes(param.numel(), group).items():
-                    value = saved_state.get(key)
-                    if not isinstance(value, torch.Tensor):
-                        raise ValueError(
-                            f"MicroAdam: the saved state of {name} has no tensor {key!r}; load a state dict "
-                            "saved by MicroAdam for the same model."
-                        )
-                    if tuple(value.shape) != shape or value.dtype != dtype:
-                        raise ValueError(
-                            f"MicroAdam: the saved {key} of {name} is {value.dtype} {tuple(value.shape)}, but this "
-                            f"parameter ({param.numel()} elements) needs {dtype} {shape}; load a state dict saved "
-                            "for the same model with the same m, density, block_size and quant_bucket_size."
-                        )
+        super()._check_loaded_state(state_dict)
 
     # -- the step --------------------------------------------------------------------------------------
 
@@ -251,7 +227,7 @@ class MicroAdam(ExactStateOptimizer):
             group = self.param_groups[group_index]
             state = self.state[param]
             if not state:
-                state.update(self._init_state(param, group, seed=position))
+                state.update(self._new_state(param, group, seed=position))
             statistics = self._step_parameter(param, group, state, collect)
             if collect:
                 pending.append((group_index, name, *statistics))
