@@ -19,6 +19,10 @@ TORCH_LIBRARY(lit_microopt, m) {
   m.def("ef_quantize_(Tensor(a!) accumulator, Tensor indices_row, Tensor(b!) error_feedback, "
         "Tensor(c!) bucket_min, Tensor(d!) bucket_max, int bucket_size, int block_size, int k_block, "
         "bool stochastic, int key) -> ()");
+  // Steps 2 to 5 fused: what the three ops above do, in one pass when Top-K blocks are whole buckets.
+  m.def("ef_compress_(Tensor(a!) accumulator, Tensor(b!) indices_row, Tensor(c!) values_row, "
+        "Tensor(d!) error_feedback, Tensor(e!) bucket_min, Tensor(f!) bucket_max, int bucket_size, int block_size, "
+        "int k_block, int k_last, bool stochastic, int key) -> ()");
   m.def("window_adam_update_(Tensor(a!) param, Tensor window_indices, Tensor window_values, "
         "Tensor row_weights1, Tensor row_weights2, int block_size, int k_block, float c1, float c2, "
         "float eps, float lr, float weight_decay) -> ()");

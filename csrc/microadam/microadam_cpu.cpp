@@ -65,11 +65,78 @@ void ef_dequant_add_cpu(at::Tensor accumulator, const at::Tensor& error_feedback
   });
 }
 
-// Step 3: per block, the k entries of largest |a| (ties: lowest positions first), in position order.
-// The k-th largest magnitude is found by a radix select: a histogram of the top bits of |a| finds the bin that
-// holds it, and only that bin's (few) entries are partially sorted. No data-dependent branches over the block.
+// Step 3 on one block held as floats: the k entries of largest |a| (ties: lowest positions first), written in
+// position order. The k-th largest magnitude is found by a radix select: a histogram of the top bits of |a|
+// finds the bin that holds it, and only that bin's (few) entries are partially sorted.
 constexpr int kRadixBits = 11;
 constexpr int kRadixShift = 31 - kRadixBits;
+
+struct SelectBuffers {
+  explicit SelectBuffers(int64_t block_size) : magnitude(block_size), histogram(1 << kRadixBits) {
+    candidates.reserve(block_size);
+  }
+  std::vector<uint32_t> magnitude, candidates;
+  std::vector<int32_t> histogram;
+};
+
+void select_block(const float* values, int64_t length, int64_t k, int16_t* indices, uint16_t* kept,
+                  SelectBuffers& buffers) {
+  std::vector<uint32_t>& magnitude = buffers.magnitude;  // |a| as bits: ordered like the magnitudes
+  std::fill(buffers.histogram.begin(), buffers.histogram.end(), 0);
+  for (int64_t j = 0; j < length; ++j) {
+    magnitude[j] = float_bits(values[j]) & 0x7fffffffu;
+    ++buffers.histogram[magnitude[j] >> kRadixShift];
+  }
+  int64_t above = 0;  // entries in bins above the one that holds the k-th largest
+  int bin = (1 << kRadixBits) - 1;
+  while (above + buffers.histogram[bin] < k) above += buffers.histogram[bin--];
+  std::vector<uint32_t>& candidates = buffers.candidates;
+  candidates.clear();
+  for (int64_t j = 0; j < length; ++j) {
+    if ((magnitude[j] >> kRadixShift) == static_cast<uint32_t>(bin)) candidates.push_back(magnitude[j]);
+  }
+  const int64_t needed = k - above;  // taken from this bin, largest first
+  std::nth_element(candidates.begin(), candidates.begin() + (candidates.size() - needed), candidates.end());
+  const uint32_t threshold = candidates[candidates.size() - needed];
+  int64_t ties = needed;  // entries equal to the threshold that are kept, lowest positions first
+  for (const uint32_t candidate : candidates) ties -= candidate > threshold;
+  int64_t column = 0;
+  for (int64_t j = 0; j < length; ++j) {
+    if (magnitude[j] > threshold || (magnitude[j] == threshold && ties-- > 0)) {
+      indices[column] = static_cast<int16_t>(j);
+      kept[column] = float_to_bfloat16(values[j]);
+      ++column;
+    }
+  }
+}
+
+// Step 5 on one bucket held as floats: outward bfloat16 bounds, then two 4-bit codes per byte. `first` is the
+// bucket's first element index in the tensor (the random stream is indexed by it).
+void quantize_bucket(const float* values, int64_t length, int64_t first, bool stochastic, uint32_t stream,
+                     uint16_t* low_bits, uint16_t* high_bits, uint8_t* codes, int32_t* scratch) {
+  float smallest = values[0], largest = values[0];
+  for (int64_t j = 1; j < length; ++j) {
+    smallest = values[j] < smallest ? values[j] : smallest;
+    largest = values[j] > largest ? values[j] : largest;
+  }
+  *low_bits = bfloat16_outward(smallest, /*up=*/false);
+  *high_bits = bfloat16_outward(largest, /*up=*/true);
+  const float low = bfloat16_to_float(*low_bits);
+  const float unit = bucket_unit(low, bfloat16_to_float(*high_bits));
+  // Codes first (a loop the compiler vectorises), then two per byte.
+  if (stochastic) {
+    for (int64_t j = 0; j < length; ++j) scratch[j] = quantize(values[j], low, unit, uniform(stream, first + j));
+  } else {
+    for (int64_t j = 0; j < length; ++j) scratch[j] = quantize(values[j], low, unit, 0.5f);
+  }
+  if (length % 2) scratch[length] = 0;
+  for (int64_t j = 0; j < length; j += 2) codes[j >> 1] = static_cast<uint8_t>((scratch[j] << 4) | scratch[j + 1]);
+}
+
+template <typename scalar_t>
+void load_floats(const scalar_t* source, int64_t length, float* destination) {
+  for (int64_t j = 0; j < length; ++j) destination[j] = static_cast<float>(source[j]);
+}
 
 void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::Tensor values_row, int64_t block_size,
                     int64_t k_block, int64_t k_last) {
@@ -86,39 +153,13 @@ void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "block_topk", [&] {
     const scalar_t* values = accumulator.data_ptr<scalar_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      // |a| as the bits of a non-negative float: ordered like the magnitudes, compared as integers.
-      std::vector<uint32_t> magnitude(block_size), candidates;
-      std::vector<int32_t> histogram(1 << kRadixBits);
-      candidates.reserve(block_size);
+      SelectBuffers buffers(block_size);
+      std::vector<float> block_values(block_size);
       for (int64_t block = begin; block < end; ++block) {
-        const int64_t start = block * block_size;
-        const int64_t length = std::min(block_size, numel - start);
-        const int64_t k = block < full_blocks ? k_block : k_last;
-        std::fill(histogram.begin(), histogram.end(), 0);
-        for (int64_t j = 0; j < length; ++j) {
-          magnitude[j] = float_bits(static_cast<float>(values[start + j])) & 0x7fffffffu;
-          ++histogram[magnitude[j] >> kRadixShift];
-        }
-        int64_t above = 0;  // entries in bins above the one that holds the k-th largest
-        int bin = (1 << kRadixBits) - 1;
-        while (above + histogram[bin] < k) above += histogram[bin--];
-        candidates.clear();
-        for (int64_t j = 0; j < length; ++j) {
-          if ((magnitude[j] >> kRadixShift) == static_cast<uint32_t>(bin)) candidates.push_back(magnitude[j]);
-        }
-        const int64_t needed = k - above;  // taken from this bin, largest first
-        std::nth_element(candidates.begin(), candidates.begin() + (candidates.size() - needed), candidates.end());
-        const uint32_t threshold = candidates[candidates.size() - needed];
-        int64_t ties = needed;  // entries equal to the threshold that are kept, lowest positions first
-        for (const uint32_t candidate : candidates) ties -= candidate > threshold;
-        int64_t column = block * k_block;
-        for (int64_t j = 0; j < length; ++j) {
-          if (magnitude[j] > threshold || (magnitude[j] == threshold && ties-- > 0)) {
-            indices[column] = static_cast<int16_t>(j);
-            kept[column] = float_to_bfloat16(static_cast<float>(values[start + j]));
-            ++column;
-          }
-        }
+        const int64_t start = block * block_size, length = std::min(block_size, numel - start);
+        load_floats(values + start, length, block_values.data());
+        select_block(block_values.data(), length, block < full_blocks ? k_block : k_last,
+                     indices + block * k_block, kept + block * k_block, buffers);
       }
     });
   });
@@ -137,7 +178,6 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
   uint8_t* codes = error_feedback.data_ptr<uint8_t>();
   uint16_t* lows = bf16_data_mut(bucket_min);
   uint16_t* highs = bf16_data_mut(bucket_max);
-  const uint32_t stream = static_cast<uint32_t>(key);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_quantize_", [&] {
     scalar_t* values = accumulator.data_ptr<scalar_t>();
     at::parallel_for(0, columns, 4096, [&](int64_t begin, int64_t end) {
@@ -147,34 +187,80 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
       }
     });
     at::parallel_for(0, buckets, std::max<int64_t>(1, 32768 / bucket_size), [&](int64_t begin, int64_t end) {
-      std::vector<int32_t> bucket_codes(bucket_size + 1);
+      std::vector<float> bucket_values(bucket_size);
+      std::vector<int32_t> scratch(bucket_size + 1);
       for (int64_t bucket = begin; bucket < end; ++bucket) {
-        const int64_t start = bucket * bucket_size;
-        const int64_t stop = std::min(numel, start + bucket_size);
-        float smallest = static_cast<float>(values[start]), largest = smallest;
-        for (int64_t i = start + 1; i < stop; ++i) {
-          const float value = static_cast<float>(values[i]);
-          smallest = value < smallest ? value : smallest;
-          largest = value > largest ? value : largest;
-        }
-        lows[bucket] = bfloat16_outward(smallest, /*up=*/false);
-        highs[bucket] = bfloat16_outward(largest, /*up=*/true);
-        const float low = bfloat16_to_float(lows[bucket]);
-        const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
-        // Codes first (a loop the compiler vectorises), then two per byte.
-        const int64_t length = stop - start;
-        if (stochastic) {
-          for (int64_t j = 0; j < length; ++j) {
-            bucket_codes[j] = quantize(static_cast<float>(values[start + j]), low, unit, uniform(stream, start + j));
+        const int64_t start = bucket * bucket_size, length = std::min(bucket_size, numel - start);
+        load_floats(values + start, length, bucket_values.data());
+        quantize_bucket(bucket_values.data(), length, start, stochastic, static_cast<uint32_t>(key), lows + bucket,
+                        highs + bucket, codes + (start >> 1), scratch.data());
+      }
+    });
+  });
+}
+
+// Steps 2 to 5 in one pass per Top-K block, when blocks are made of whole buckets: the block is dequantized
+// into a float buffer (rounded to the gradient's dtype, as the separate ops store it), its Top-K written to the
+// window, the kept entries removed and its buckets quantized, all while it sits in cache. The gradient buffer
+// is not written back: after the step its content is unspecified.
+void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
+                     at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
+                     int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
+  if (block_size % bucket_size != 0) {  // blocks and buckets straddle each other: one op after the other
+    ef_dequant_add_cpu(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+    block_topk_cpu(accumulator, indices_row, values_row, block_size, k_block, k_last);
+    ef_quantize_cpu(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
+                    k_block, stochastic, key);
+    return;
+  }
+  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_tensor(indices_row, "indices_row", at::kShort);
+  check_tensor(values_row, "values_row", at::kBFloat16);
+  const int64_t numel = accumulator.numel();
+  const int64_t full_blocks = numel / block_size;
+  const int64_t blocks = full_blocks + (k_last > 0 ? 1 : 0);
+  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
+              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
+  int16_t* indices = indices_row.data_ptr<int16_t>();
+  uint16_t* kept = bf16_data_mut(values_row);
+  const uint8_t* codes_in = error_feedback.data_ptr<uint8_t>();
+  uint8_t* codes = error_feedback.data_ptr<uint8_t>();
+  uint16_t* lows = bf16_data_mut(bucket_min);
+  uint16_t* highs = bf16_data_mut(bucket_max);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_compress_", [&] {
+    const scalar_t* gradient = accumulator.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      SelectBuffers buffers(block_size);
+      std::vector<float> a(block_size);
+      std::vector<int32_t> scratch(bucket_size + 1);
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t start = block * block_size, length = std::min(block_size, numel - start);
+        // Step 2, bucket by bucket (the block starts on a bucket boundary).
+        for (int64_t offset = 0; offset < length; offset += bucket_size) {
+          const int64_t bucket = (start + offset) / bucket_size;
+          const float low = bfloat16_to_float(lows[bucket]);
+          const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
+          const int64_t stop = std::min(length, offset + bucket_size);
+          for (int64_t j = offset; j < stop; ++j) {
+            const float sum = static_cast<float>(gradient[start + j]) + dequantize(unpack_code(codes_in, start + j), low, unit);
+            a[j] = static_cast<float>(static_cast<scalar_t>(sum));
           }
-        } else {
-          for (int64_t j = 0; j < length; ++j) {
-            bucket_codes[j] = quantize(static_cast<float>(values[start + j]), low, unit, 0.5f);
-          }
         }
-        if (length % 2) bucket_codes[length] = 0;
-        for (int64_t j = 0; j < length; j += 2) {
-          codes[(start + j) >> 1] = static_cast<uint8_t>((bucket_codes[j] << 4) | bucket_codes[j + 1]);
+        // Step 3.
+        int16_t* block_indices = indices + block * k_block;
+        const int64_t k = block < full_blocks ? k_block : k_last;
+        select_block(a.data(), length, k, block_indices, kept + block * k_block, buffers);
+        // Step 4.
+        for (int64_t column = 0; column < k; ++column) {
+          float& value = a[block_indices[column]];
+          value = static_cast<float>(static_cast<scalar_t>(kept_remainder(value)));
+        }
+        // Step 5.
+        for (int64_t offset = 0; offset < length; offset += bucket_size) {
+          const int64_t bucket = (start + offset) / bucket_size;
+          quantize_bucket(a.data() + offset, std::min(bucket_size, length - offset), start + offset, stochastic,
+                          static_cast<uint32_t>(key), lows + bucket, highs + bucket, codes + ((start + offset) >> 1),
+                          scratch.data());
         }
       }
     });
@@ -254,6 +340,7 @@ TORCH_LIBRARY_IMPL(lit_microopt, CPU, m) {
   m.impl("block_topk", &block_topk_cpu);
   m.impl("ef_quantize_", &ef_quantize_cpu);
   m.impl("window_adam_update_", &window_adam_update_cpu);
+  m.impl("ef_compress_", &ef_compress_cpu);
 }
 
 }  // namespace microadam

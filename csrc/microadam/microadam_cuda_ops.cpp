@@ -67,6 +67,16 @@ void ef_quantize_cuda(at::Tensor accumulator, const at::Tensor& indices_row, at:
                "ef_quantize_");
 }
 
+// Steps 2 to 5: the three kernels one after the other on the current stream.
+void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
+                      at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
+                      int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
+  ef_dequant_add_cuda(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  block_topk_cuda(accumulator, indices_row, values_row, block_size, k_block, k_last);
+  ef_quantize_cuda(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
+                   stochastic, key);
+}
+
 void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                              const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
                              int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
@@ -97,6 +107,7 @@ TORCH_LIBRARY_IMPL(lit_microopt, CUDA, m) {
   m.impl("block_topk", &block_topk_cuda);
   m.impl("ef_quantize_", &ef_quantize_cuda);
   m.impl("window_adam_update_", &window_adam_update_cuda);
+  m.impl("ef_compress_", &ef_compress_cuda);
 }
 
 }  // namespace microadam

@@ -47,6 +47,20 @@ def ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_ma
                                 layout, stochastic, key)
 
 
+def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size: int,
+                 layout: TopKLayout, stochastic: bool, key: int) -> None:
+    """Steps 2 to 5 at once: what :func:`ef_dequant_add_`, :func:`block_topk` and :func:`ef_quantize_` do in turn,
+    fused into one pass per block by the CPU kernel. Afterwards ``accumulator``'s content is unspecified."""
+    if use_compiled(accumulator, "ef_compress_"):
+        _compiled.ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max,
+                               bucket_size, layout.block_size, layout.k_block, layout.k_last, stochastic, key)
+    else:
+        _reference.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+        _reference.block_topk(accumulator, indices_row, values_row, layout)
+        _reference.ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                                layout, stochastic, key)
+
+
 def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout: TopKLayout,
                         c1: float, c2: float, eps: float, lr: float, weight_decay: float) -> None:
     """Steps 6 and 7: moments from the window, weight decay, the update."""
@@ -85,6 +99,7 @@ __all__ = [
     "block_topk",
     "compiled_available",
     "dequantize",
+    "ef_compress_",
     "ef_dequant_add_",
     "ef_quantize_",
     "kernels_report",

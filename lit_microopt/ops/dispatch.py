@@ -20,7 +20,7 @@ BACKEND_VARIABLE = "LIT_MICROOPT_BACKEND"
 BACKENDS = ("auto", "reference", "compiled")
 BUILD_COMMAND = "pip install --no-build-isolation -e ."  # from the repository's root
 #: Every op the extension defines, per optimizer; each has a reference twin in lit_microopt.ops.reference.
-MICROADAM_OPS = ("ef_dequant_add_", "block_topk", "ef_quantize_", "window_adam_update_")
+MICROADAM_OPS = ("ef_dequant_add_", "block_topk", "ef_quantize_", "ef_compress_", "window_adam_update_")
 ADAM_MINI_OPS = ("adam_mini_update_",)
 OP_NAMES = MICROADAM_OPS + ADAM_MINI_OPS
 

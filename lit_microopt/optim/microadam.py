@@ -251,20 +251,23 @@ class MicroAdam(ExactStateOptimizer):
         row = (t - 1) % m
         accumulator = _flat(param.grad)
 
-        # Step 2: a = g + Q^-1(e).
-        ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
-        # Step 3: Top-K of every block into window row (t - 1) mod m.
-        ops.block_topk(accumulator, indices[row], values[row], layout)
-        if collect:  # ||a||^2 and ||a - TopK(a)||^2, before the kept entries leave a
+        key = ops.stream_key(int(state["rounding_seed"]), t)
+        stochastic = group["ef_rounding"] == "stochastic"
+        if not collect:  # steps 2 to 5 in one pass
+            ops.ef_compress_(accumulator, indices[row], values[row], error_feedback, bucket_min, bucket_max,
+                             bucket_size, layout, stochastic, key)
+        else:  # step by step, to measure a and its remainder on the way
+            # Step 2: a = g + Q^-1(e).
+            ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+            # Step 3: Top-K of every block into window row (t - 1) mod m.
+            ops.block_topk(accumulator, indices[row], values[row], layout)
+            # ||a||^2 and ||a - TopK(a)||^2, before the kept entries leave a.
             accumulator_sq = torch.linalg.vector_norm(accumulator.float()).double().square()
             kept = accumulator[ops.window_positions(indices[row], layout)].float()
             discarded_sq = accumulator_sq - torch.linalg.vector_norm(kept).double().square()
-        # Steps 4 and 5: remove what was kept, quantize the remainder.
-        key = ops.stream_key(int(state["rounding_seed"]), t)
-        stochastic = group["ef_rounding"] == "stochastic"
-        ops.ef_quantize_(
-            accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout, stochastic, key
-        )
+            # Steps 4 and 5: remove what was kept, quantize the remainder.
+            ops.ef_quantize_(accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout,
+                             stochastic, key)
 
         # Steps 6 and 7, over the filled rows; age(row) = (t - 1 - row) mod m.
         filled = min(t, m)

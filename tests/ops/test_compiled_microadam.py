@@ -233,3 +233,29 @@ def test_misaligned_inputs_give_the_reference_result(dtype):
     reference.ef_dequant_add_(target, error_feedback, low, high, 16)
     compiled.ef_dequant_add_(accumulator, error_feedback, low, high, 16)
     assert torch.equal(accumulator, target)
+
+
+@pytest.mark.parametrize("numel", SIZES)
+@pytest.mark.parametrize("bucket_size", [16, 6], ids=["blocks-of-whole-buckets", "straddling"])
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_fused_compression_equals_the_three_steps(device, dtype, numel, bucket_size, stochastic):
+    """ef_compress_ (steps 2 to 5 in one pass) leaves the window and the error feedback as the three ops do."""
+    require_kernels(device)
+    generator = torch.Generator().manual_seed(numel)
+    layout = ops.TopKLayout.of(numel, 16, 0.25)
+    gradient = (2 * torch.randn(numel, generator=generator)).to(device, dtype)
+    results = []
+    for fused in (False, True):
+        state = [*window_row(layout, device), *error_feedback_state(numel, bucket_size, device,
+                                                                     torch.Generator().manual_seed(1))]
+        accumulator = gradient.clone()
+        if fused:
+            compiled.ef_compress_(accumulator, *state, bucket_size, layout.block_size, layout.k_block, layout.k_last,
+                                  stochastic, 4242)
+        else:
+            reference.ef_dequant_add_(accumulator, *state[2:], bucket_size)
+            reference.block_topk(accumulator, *state[:2], layout)
+            reference.ef_quantize_(accumulator, state[0], *state[2:], bucket_size, layout, stochastic, 4242)
+        results.append(state)
+    for expected, actual in zip(*results):
+        assert torch.equal(actual, expected)
