@@ -80,10 +80,14 @@ def test_error_feedback_within_half_a_step():
     torch.manual_seed(1)
     param = torch.nn.Parameter(torch.zeros(1000))
     optimizer = MicroAdam([param], density=0.05, block_size=256, quant_bucket_size=64)
-    param.grad = torch.randn(1000)
+    gradient = torch.randn(1000)
+    param.grad = gradient.clone()
     optimizer.step()
-    remainder = param.grad  # the working buffer holds the quantized remainder after the reference step
     state = optimizer.state[param]
+    # At the first step a = g (the error feedback starts at zero); the kept entries leave their bf16 rounding.
+    kept = ops.window_positions(state["window_indices"][0], optimizer.layout(1000, optimizer.param_groups[0]))
+    remainder = gradient.clone()
+    remainder[kept] = gradient[kept] - gradient[kept].to(torch.bfloat16).float()
     decoded = ops.dequantize(state["error_feedback"], state["bucket_min"], state["bucket_max"], 64, 0, 1000)
     unit = (state["bucket_max"].float() - state["bucket_min"].float()) / 15
     half_unit = unit.repeat_interleave(64)[:1000] / 2
