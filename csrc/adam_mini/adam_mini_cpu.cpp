@@ -63,6 +63,18 @@ void check_arguments(const at::Tensor& param, const at::Tensor& grad, const at::
               "lit_microopt: the parameter's elements must split evenly into row_denominator's rows");
 }
 
+// One row of the matrix: `width` contiguous elements from `base`, one denominator (axis 0) or one per column.
+template <typename param_t, typename moment_t>
+LMO_CPU_CLONES void update_row(param_t* p, const param_t* g, moment_t* m, const float* denominators, int64_t base,
+                               int64_t width, bool one_denominator, const Hyperparameters h) {
+  if (one_denominator) {
+    const float denominator = denominators[0];
+    for (int64_t j = 0; j < width; ++j) update_element(p[base + j], g[base + j], m[base + j], denominator, h, base + j);
+  } else {
+    for (int64_t j = 0; j < width; ++j) update_element(p[base + j], g[base + j], m[base + j], denominators[j], h, base + j);
+  }
+}
+
 template <typename param_t, typename moment_t>
 void update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, const at::Tensor& row_denominator,
             int64_t block_axis, const Hyperparameters& h) {
@@ -70,11 +82,14 @@ void update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, cons
   const param_t* g = grad.data_ptr<param_t>();
   moment_t* m = exp_avg.data_ptr<moment_t>();
   const float* denominators = row_denominator.data_ptr<float>();
-  const int64_t numel = param.numel(), rows = row_denominator.numel(), row_numel = numel / rows;
-  at::parallel_for(0, numel, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t row = block_axis == 0 ? i / row_numel : i % rows;
-      update_element<param_t, moment_t>(p[i], g[i], m[i], denominators[row], h, i);
+  const int64_t rows = row_denominator.numel();
+  // The matrix is (rows, width) for block_axis 0 and (width, rows) for block_axis 1: walk it by its own rows,
+  // so that the inner loop is contiguous and its denominator is one number (axis 0) or a contiguous run.
+  const int64_t outer = block_axis == 0 ? rows : param.numel() / rows;
+  const int64_t width = param.numel() / outer;
+  at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / width), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      update_row(p, g, m, block_axis == 0 ? denominators + r : denominators, r * width, width, block_axis == 0, h);
     }
   });
 }

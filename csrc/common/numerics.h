@@ -14,6 +14,15 @@
 #define LMO_HOST_DEVICE inline
 #endif
 
+// CPU hot loops are compiled twice, for AVX2 and for any x86-64, and the loader picks the version the
+// processor runs (GCC function multi-versioning): vectorised code without giving up old processors. AVX2
+// brings no fused multiply-add, so results are the same bits either way.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define LMO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define LMO_CPU_CLONES
+#endif
+
 namespace lit_microopt {
 
 LMO_HOST_DEVICE uint32_t float_bits(float value) {

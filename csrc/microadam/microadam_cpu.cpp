@@ -41,7 +41,21 @@ void check_buckets(const at::Tensor& accumulator, const at::Tensor& error_feedba
               "lit_microopt: bucket_min and bucket_max must hold ceil(d/bucket_size) entries");
 }
 
-// Step 2: a += Q^-1(e), in a's dtype (sum in float32, rounded once).
+// Step 2 on buckets [begin, end): a += Q^-1(e), in a's dtype (sum in float32, rounded once).
+template <typename scalar_t>
+LMO_CPU_CLONES void dequant_add_buckets(scalar_t* values, const uint8_t* codes, const uint16_t* lows,
+                                        const uint16_t* highs, int64_t numel, int64_t bucket_size, int64_t begin,
+                                        int64_t end) {
+  for (int64_t bucket = begin; bucket < end; ++bucket) {
+    const float low = bfloat16_to_float(lows[bucket]);
+    const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
+    const int64_t stop = std::min(numel, (bucket + 1) * bucket_size);
+    for (int64_t i = bucket * bucket_size; i < stop; ++i) {
+      values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) + dequantize(unpack_code(codes, i), low, unit));
+    }
+  }
+}
+
 void ef_dequant_add_cpu(at::Tensor accumulator, const at::Tensor& error_feedback, const at::Tensor& bucket_min,
                         const at::Tensor& bucket_max, int64_t bucket_size) {
   check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
@@ -53,14 +67,7 @@ void ef_dequant_add_cpu(at::Tensor accumulator, const at::Tensor& error_feedback
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_dequant_add_", [&] {
     scalar_t* values = accumulator.data_ptr<scalar_t>();
     at::parallel_for(0, buckets, std::max<int64_t>(1, 32768 / bucket_size), [&](int64_t begin, int64_t end) {
-      for (int64_t bucket = begin; bucket < end; ++bucket) {
-        const float low = bfloat16_to_float(lows[bucket]);
-        const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
-        const int64_t stop = std::min(numel, (bucket + 1) * bucket_size);
-        for (int64_t i = bucket * bucket_size; i < stop; ++i) {
-          values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) + dequantize(unpack_code(codes, i), low, unit));
-        }
-      }
+      dequant_add_buckets(values, codes, lows, highs, numel, bucket_size, begin, end);
     });
   });
 }
@@ -79,7 +86,7 @@ struct SelectBuffers {
   std::vector<int32_t> histogram;
 };
 
-void select_block(const float* values, int64_t length, int64_t k, int16_t* indices, uint16_t* kept,
+LMO_CPU_CLONES void select_block(const float* values, int64_t length, int64_t k, int16_t* indices, uint16_t* kept,
                   SelectBuffers& buffers) {
   std::vector<uint32_t>& magnitude = buffers.magnitude;  // |a| as bits: ordered like the magnitudes
   std::fill(buffers.histogram.begin(), buffers.histogram.end(), 0);
@@ -112,7 +119,7 @@ void select_block(const float* values, int64_t length, int64_t k, int16_t* indic
 
 // Step 5 on one bucket held as floats: outward bfloat16 bounds, then two 4-bit codes per byte. `first` is the
 // bucket's first element index in the tensor (the random stream is indexed by it).
-void quantize_bucket(const float* values, int64_t length, int64_t first, bool stochastic, uint32_t stream,
+LMO_CPU_CLONES void quantize_bucket(const float* values, int64_t length, int64_t first, bool stochastic, uint32_t stream,
                      uint16_t* low_bits, uint16_t* high_bits, uint8_t* codes, int32_t* scratch) {
   float smallest = values[0], largest = values[0];
   for (int64_t j = 1; j < length; ++j) {
@@ -134,7 +141,7 @@ void quantize_bucket(const float* values, int64_t length, int64_t first, bool st
 }
 
 template <typename scalar_t>
-void load_floats(const scalar_t* source, int64_t length, float* destination) {
+LMO_CPU_CLONES void load_floats(const scalar_t* source, int64_t length, float* destination) {
   for (int64_t j = 0; j < length; ++j) destination[j] = static_cast<float>(source[j]);
 }
 
@@ -199,6 +206,23 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
   });
 }
 
+// Step 2 on one block into floats, rounded to the gradient's dtype as the separate op stores them.
+template <typename scalar_t>
+LMO_CPU_CLONES void dequantize_block(const scalar_t* gradient, const uint8_t* codes, const uint16_t* lows,
+                                     const uint16_t* highs, int64_t start, int64_t length, int64_t bucket_size,
+                                     float* a) {
+  for (int64_t offset = 0; offset < length; offset += bucket_size) {
+    const int64_t bucket = (start + offset) / bucket_size;
+    const float low = bfloat16_to_float(lows[bucket]);
+    const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
+    const int64_t stop = std::min(length, offset + bucket_size);
+    for (int64_t j = offset; j < stop; ++j) {
+      const float sum = static_cast<float>(gradient[start + j]) + dequantize(unpack_code(codes, start + j), low, unit);
+      a[j] = static_cast<float>(static_cast<scalar_t>(sum));
+    }
+  }
+}
+
 // Steps 2 to 5 in one pass per Top-K block, when blocks are made of whole buckets: the block is dequantized
 // into a float buffer (rounded to the gradient's dtype, as the separate ops store it), its Top-K written to the
 // window, the kept entries removed and its buckets quantized, all while it sits in cache. The gradient buffer
@@ -235,17 +259,8 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
       std::vector<int32_t> scratch(bucket_size + 1);
       for (int64_t block = begin; block < end; ++block) {
         const int64_t start = block * block_size, length = std::min(block_size, numel - start);
-        // Step 2, bucket by bucket (the block starts on a bucket boundary).
-        for (int64_t offset = 0; offset < length; offset += bucket_size) {
-          const int64_t bucket = (start + offset) / bucket_size;
-          const float low = bfloat16_to_float(lows[bucket]);
-          const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
-          const int64_t stop = std::min(length, offset + bucket_size);
-          for (int64_t j = offset; j < stop; ++j) {
-            const float sum = static_cast<float>(gradient[start + j]) + dequantize(unpack_code(codes_in, start + j), low, unit);
-            a[j] = static_cast<float>(static_cast<scalar_t>(sum));
-          }
-        }
+        // Step 2 (the block starts on a bucket boundary).
+        dequantize_block(gradient, codes_in, lows, highs, start, length, bucket_size, a.data());
         // Step 3.
         int16_t* block_indices = indices + block * k_block;
         const int64_t k = block < full_blocks ? k_block : k_last;
@@ -265,6 +280,12 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
       }
     });
   });
+}
+
+// Step 7's decay: p *= 1 - lr * weight_decay, rounded to p's dtype.
+template <typename scalar_t>
+LMO_CPU_CLONES void scale(scalar_t* values, int64_t count, float factor) {
+  for (int64_t i = 0; i < count; ++i) values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) * factor);
 }
 
 // Steps 6 and 7: per block, the window's moments in a block-sized buffer, then one update per position.
@@ -293,9 +314,7 @@ void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, 
     scalar_t* values = param.data_ptr<scalar_t>();
     if (weight_decay > 0) {
       const float factor = static_cast<float>(1.0 - lr * weight_decay);
-      at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) * factor);
-      });
+      at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) { scale(values + begin, end - begin, factor); });
     }
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> sum1(block_size, 0.0f), sum2(block_size, 0.0f);
