@@ -3,7 +3,7 @@
 A Llama-style model of about 30M parameters is built locally (no download), every parameter gets a fixed
 random gradient, and each optimizer takes warm-up steps and then timed steps on the same parameters. The
 table gives the median step time, its ratio to ``torch.optim.AdamW`` (foreach) measured in the same
-process, and the optimizer's state bytes per parameter. Rows marked "reference" force the pure-PyTorch ops
+process (the optimizers step in turn, round after round), and the optimizer's state bytes per parameter. Rows marked "reference" force the pure-PyTorch ops
 (``LIT_MICROOPT_BACKEND=reference``); the others use the compiled kernels where built.
 
 Run:
@@ -59,26 +59,33 @@ def llama_model(hidden: int = 512, layers: int = 8, vocab: int = 8000) -> torch.
 
 
 def time_steps(
-    model: torch.nn.Module, factory: OptimizerFactory, gradients: list[torch.Tensor], warmup: int, steps: int
-) -> tuple[float, float]:
-    """Median seconds per ``step()`` and state bytes per parameter of the optimizer ``factory`` builds."""
+    model: torch.nn.Module, entries: list[tuple[str, OptimizerFactory, str]], gradients: list[torch.Tensor],
+    warmup: int, steps: int,
+) -> list[tuple[str, float, float]]:
+    """(label, median seconds per ``step()``, state bytes per parameter) of every optimizer.
+
+    The optimizers step in turn, round after round, on the same parameters: a load that comes and goes on a
+    shared machine slows them all alike instead of one of them.
+    """
     params = list(model.parameters())
-    optimizer = factory(model)
-    times = []
+    optimizers = [(label, factory(model), backend) for label, factory, backend in entries]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in entries}
     for index in range(warmup + steps):
-        for param, gradient in zip(params, gradients):
-            param.grad = gradient.clone()  # MicroAdam uses p.grad as scratch: give each step a fresh copy
-        if params[0].is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.step()
-        if params[0].is_cuda:
-            torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    bytes_per_param = state_bytes_per_parameter(optimizer)
-    del optimizer
-    return statistics.median(times), bytes_per_param
+        for label, optimizer, backend in optimizers:
+            os.environ[BACKEND_VARIABLE] = backend
+            for param, gradient in zip(params, gradients):
+                param.grad = gradient.clone()  # MicroAdam uses p.grad as scratch: give each step a fresh copy
+            if params[0].is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            optimizer.step()
+            if params[0].is_cuda:
+                torch.cuda.synchronize()
+            if index >= warmup:
+                times[label].append(time.perf_counter() - start)
+    os.environ.pop(BACKEND_VARIABLE)
+    return [(label, statistics.median(times[label]), state_bytes_per_parameter(optimizer))
+            for label, optimizer, _ in optimizers]
 
 
 def main() -> None:
@@ -95,13 +102,9 @@ def main() -> None:
     numel = sum(p.numel() for p in model.parameters())
     gradients = [torch.randn_like(p) * 1e-3 for p in model.parameters()]
 
-    rows = []
-    for label, factory, backend in OPTIMIZERS:
-        if args.only and rows and not any(part in label for part in args.only):
-            continue
-        os.environ[BACKEND_VARIABLE] = backend
-        rows.append((label, *time_steps(model, factory, gradients, args.warmup, args.steps)))
-    os.environ.pop(BACKEND_VARIABLE)
+    entries = [entry for index, entry in enumerate(OPTIMIZERS)
+               if index == 0 or not args.only or any(part in entry[0] for part in args.only)]
+    rows = time_steps(model, entries, gradients, args.warmup, args.steps)
     baseline = rows[0][1]
     print(kernels_report())
     print(f"optimizer step, {numel / 1e6:.1f}M parameters, device={args.device}, threads={torch.get_num_threads()}")
