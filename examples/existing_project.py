@@ -6,7 +6,7 @@ one import, the optimizer, and the callbacks. It runs on the CPU in seconds.
 
 Run:
     python examples/existing_project.py --out /tmp/existing_project
-    python -m lit_microopt.plot /tmp/existing_project      # figures of what the callbacks logged
+    python -m lit_microopt plot /tmp/existing_project      # figures of what the callbacks logged
 """
 
 from __future__ import annotations

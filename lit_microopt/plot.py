@@ -12,7 +12,7 @@ Reads the ``metrics.csv`` that Lightning's ``CSVLogger`` writes and draws, for t
   (:class:`~lit_microopt.callbacks.OptimizerMemoryMonitor`).
 
 Run:
-    python -m lit_microopt.plot RUN_DIR [--out DIR]
+    python -m lit_microopt plot RUN_DIR [--out DIR]
 
 ``RUN_DIR`` is the CSVLogger's version folder (``.../version_0``) or any folder above one run's.
 """

@@ -148,11 +148,13 @@ def block_topk(
 
     def select(blocks: torch.Tensor, k: int, first_column: int) -> None:
         magnitude = blocks.abs()
-        top = magnitude.topk(k, dim=1, sorted=False)
+        # One more than needed tells whether the k-th largest value ties with an entry left out.
+        extra = 1 if k < blocks.shape[1] else 0
+        top = magnitude.topk(k + extra, dim=1, sorted=True)
         # Position order: the window's layout, and so its summation order, match the kernels'.
-        chosen = top.indices.sort(dim=1).values
-        kth_largest = top.values.amin(dim=1, keepdim=True)
-        surplus = (magnitude >= kth_largest).sum(dim=1) > k  # rows where the k-th largest value ties
+        chosen = top.indices[:, :k].sort(dim=1).values
+        kth_largest = top.values[:, k - 1 : k]
+        surplus = (top.values[:, k] == top.values[:, k - 1]) if extra else torch.zeros(1, dtype=torch.bool)
         if surplus.any():
             rows = surplus.nonzero().view(-1)
             tied = magnitude[rows] == kth_largest[rows]
