@@ -145,16 +145,24 @@ LMO_CPU_CLONES void load_floats(const scalar_t* source, int64_t length, float* d
   for (int64_t j = 0; j < length; ++j) destination[j] = static_cast<float>(source[j]);
 }
 
+// Checks a window row for a tensor of `numel` elements; returns the number of Top-K blocks.
+int64_t check_window_row(const at::Tensor& indices_row, const at::Tensor& values_row, int64_t numel,
+                         int64_t block_size, int64_t k_block, int64_t k_last) {
+  check_tensor(indices_row, "indices_row", at::kShort);
+  check_tensor(values_row, "values_row", at::kBFloat16);
+  TORCH_CHECK(block_size >= 1 && block_size <= 32768, "lit_microopt: block_size must be in [1, 32768]");
+  const int64_t full_blocks = numel / block_size;
+  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
+              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
+  return full_blocks + (k_last > 0 ? 1 : 0);
+}
+
 void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::Tensor values_row, int64_t block_size,
                     int64_t k_block, int64_t k_last) {
   check_tensor(accumulator, "accumulator");
-  check_tensor(indices_row, "indices_row", at::kShort);
-  check_tensor(values_row, "values_row", at::kBFloat16);
   const int64_t numel = accumulator.numel();
   const int64_t full_blocks = numel / block_size;
-  const int64_t blocks = full_blocks + (k_last > 0 ? 1 : 0);
-  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
-              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
+  const int64_t blocks = check_window_row(indices_row, values_row, numel, block_size, k_block, k_last);
   int16_t* indices = indices_row.data_ptr<int16_t>();
   uint16_t* kept = bf16_data_mut(values_row);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "block_topk", [&] {
@@ -238,13 +246,9 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
     return;
   }
   check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-  check_tensor(indices_row, "indices_row", at::kShort);
-  check_tensor(values_row, "values_row", at::kBFloat16);
   const int64_t numel = accumulator.numel();
   const int64_t full_blocks = numel / block_size;
-  const int64_t blocks = full_blocks + (k_last > 0 ? 1 : 0);
-  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
-              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
+  const int64_t blocks = check_window_row(indices_row, values_row, numel, block_size, k_block, k_last);
   int16_t* indices = indices_row.data_ptr<int16_t>();
   uint16_t* kept = bf16_data_mut(values_row);
   const uint8_t* codes_in = error_feedback.data_ptr<uint8_t>();

@@ -14,6 +14,7 @@ resume as well.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
@@ -41,7 +42,7 @@ def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
         logger.log_metrics(metrics, step=step)
 
 
-class OptimizerMonitor(Callback):
+class OptimizerMonitor(Callback, ABC):
     """Base class of the monitors: subclasses say which optimizers they understand and what they log.
 
     Subclasses define :attr:`expected`, :meth:`understands`, :meth:`metric_prefix` and :meth:`collect`, and
@@ -61,13 +62,13 @@ class OptimizerMonitor(Callback):
 
     # -- what a monitor defines -----------------------------------------------------------------------
 
+    @abstractmethod
     def understands(self, optimizer: Any) -> bool:
         """Whether this monitor can read ``optimizer`` (already unwrapped)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metric_prefix(self, optimizer: Any) -> str:
         """The first component of the metric names for ``optimizer`` (``microadam``); repeats get ``-1``, ``-2``."""
-        raise NotImplementedError
 
     def prepare_logged_step(self, optimizer: Any) -> None:
         """Called just before a step of ``optimizer`` whose metrics will be logged."""

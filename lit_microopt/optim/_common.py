@@ -8,6 +8,7 @@ dtype, after the subclass has checked that the saved state fits the parameters.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -90,7 +91,7 @@ def parameter_names(optimizer: torch.optim.Optimizer) -> list[str]:
     return names
 
 
-class ExactStateOptimizer(torch.optim.Optimizer):
+class ExactStateOptimizer(torch.optim.Optimizer, ABC):
     """An ``Optimizer`` whose ``load_state_dict`` checks the state first and keeps every tensor's dtype.
 
     Subclasses implement :meth:`_check_loaded_state`, which raises ``ValueError`` when the saved state does not
@@ -100,9 +101,9 @@ class ExactStateOptimizer(torch.optim.Optimizer):
     #: State keys kept on the CPU whatever the parameter's device (step counts and seeds: read without a sync).
     host_state_keys: tuple[str, ...] = ("step", "rounding_seed")
 
+    @abstractmethod
     def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of every state tensor of ``param`` in ``group``."""
-        raise NotImplementedError  # pragma: no cover - every subclass defines its state
 
     def _state_fix(self, param: torch.Tensor, group: dict[str, Any]) -> str:
         """The end of the message when a saved state does not fit ``param``: what to build the optimizer with."""
