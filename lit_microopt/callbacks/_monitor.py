@@ -73,11 +73,11 @@ class OptimizerMonitor(Callback, ABC):
     def prepare_logged_step(self, optimizer: Any) -> None:
         """Called just before a step of ``optimizer`` whose metrics will be logged."""
 
+    @abstractmethod
     def collect(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, prefix: str, logged: bool
     ) -> dict[str, float]:
         """The metrics to log after a step of ``optimizer`` in this batch (``logged``: a logging batch)."""
-        raise NotImplementedError
 
     # -- Lightning hooks ------------------------------------------------------------------------------
 

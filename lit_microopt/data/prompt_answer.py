@@ -9,6 +9,7 @@ prompts alone, left-padded, and the answer texts, for greedy generation and exac
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +175,7 @@ def tokenizer_for(owner: str, tokenizer_name: str | None, trainer: Any) -> Any:
     return model.tokenizer
 
 
-class PromptAnswerDataModule(pl.LightningDataModule):
+class PromptAnswerDataModule(pl.LightningDataModule, ABC):
     """Base of the causal-LM data modules: subclasses say where the examples and the tokenizer come from.
 
     Subclasses implement :meth:`load_examples` (the examples of a split, or ``None`` when there are none) and
@@ -210,13 +211,13 @@ class PromptAnswerDataModule(pl.LightningDataModule):
 
     # -- what subclasses provide -----------------------------------------------------------------
 
+    @abstractmethod
     def load_examples(self, split: str) -> list[PromptAnswer] | None:
         """The examples of ``split`` (``"train"``, ``"validation"`` or ``"test"``), or ``None`` when it has none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_tokenizer(self) -> Any:
         """The tokenizer to use (called once, in ``setup``)."""
-        raise NotImplementedError
 
     # -- Lightning hooks ---------------------------------------------------------------------------
 

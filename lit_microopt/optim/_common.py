@@ -101,6 +101,21 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
     #: State keys kept on the CPU whatever the parameter's device (step counts and seeds: read without a sync).
     host_state_keys: tuple[str, ...] = ("step", "rounding_seed")
 
+    def _parameters_with_gradients(self) -> list[tuple[int, str, torch.Tensor, int]]:
+        """(group index, name, parameter, position in ``state_dict`` order) of every parameter with a gradient,
+        its gradient's types checked (``TypeError`` before anything changes)."""
+        names = iter(parameter_names(self))
+        work = []
+        position = 0
+        for group_index, group in enumerate(self.param_groups):
+            for param in group["params"]:
+                name = next(names)
+                if param.grad is not None:
+                    work.append((group_index, name, param, position))
+                position += 1
+        check_gradient_types(type(self).__name__, [(name, param.grad) for _, name, param, _ in work])
+        return work
+
     @abstractmethod
     def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of every state tensor of ``param`` in ``group``."""

@@ -24,7 +24,6 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
-    check_gradient_types,
     check_gradients_finite,
 )
 from lit_microopt.optim.partition import (
@@ -286,14 +285,8 @@ class AdamMini(ExactStateOptimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        work = []  # (group, name, parameter, position) for every parameter with a gradient
-        position = 0
-        for group in self.param_groups:
-            for name, param in zip(group["param_names"], group["params"]):
-                if param.grad is not None:
-                    work.append((group, name, param, position))
-                position += 1
-        check_gradient_types("AdamMini", [(name, param.grad) for _, name, param, _ in work])
+        work = [(self.param_groups[index], name, param, position)
+                for index, name, param, position in self._parameters_with_gradients()]
         # The block statistics read only the gradients: computing them first lets a non-finite gradient stop
         # the step before anything changes, and makes the finiteness check nearly free.
         block_mean_sqs = [self._block_mean_sq(param) for _, _, param, _ in work]

@@ -17,9 +17,7 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
-    check_gradient_types,
     check_gradients_finite,
-    parameter_names,
 )
 from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry
 
@@ -207,23 +205,16 @@ class MicroAdam(ExactStateOptimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        names = parameter_names(self)
-        work = []  # (group index, parameter, name, position) for every parameter with a non-empty gradient
-        position = 0
-        for group_index, group in enumerate(self.param_groups):
-            for param in group["params"]:
-                if param.grad is not None and param.numel() > 0:
-                    work.append((group_index, param, names[position], position))
-                position += 1
-        named_gradients = [(name, param.grad) for _, param, name, _ in work]
-        check_gradient_types("MicroAdam", named_gradients)
+        # Zero-size parameters are skipped: they have nothing to compress and keep no state.
+        work = [entry for entry in self._parameters_with_gradients() if entry[2].numel() > 0]
+        named_gradients = [(name, param.grad) for _, name, param, _ in work]
         if self.check_finite and named_gradients:
             check_gradients_finite("MicroAdam", named_gradients)
 
         collect = self._telemetry_requested
         self._telemetry_requested = False
         pending = []  # (group index, name, statistics as a tensor, counts) of every parameter, when collecting
-        for group_index, param, name, position in work:
+        for group_index, name, param, position in work:
             group = self.param_groups[group_index]
             state = self.state[param]
             if not state:
