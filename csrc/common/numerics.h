@@ -1,5 +1,5 @@
 // Arithmetic shared by the CPU (C++) and CUDA kernels: bfloat16 rounding done on bits, the counter-based
-// random stream of stochastic rounding, 4-bit packing. Only <cstdint>/<cmath>: no PyTorch, no CUDA headers,
+// random stream of stochastic rounding. Only <cstdint>/<cmath>: no PyTorch, no CUDA headers,
 // so that .cu files stay quick to compile. Every function is the exact twin of a line of the Python
 // reference (lit_microopt/ops/reference), which is the definition.
 #pragma once
@@ -84,12 +84,6 @@ LMO_HOST_DEVICE uint32_t hash32(uint32_t value) {
 // Uniform float in [0, 1) for element `index` of the stream `key`: 24 random bits, exact in float32.
 LMO_HOST_DEVICE float uniform(uint32_t key, int64_t index) {
   return static_cast<float>(hash32(static_cast<uint32_t>(index) ^ key) >> 8) * (1.0f / 16777216.0f);
-}
-
-// 4-bit codes, element 2j in the high nibble of byte j.
-LMO_HOST_DEVICE uint32_t unpack_code(const uint8_t* packed, int64_t index) {
-  const uint32_t byte = packed[index >> 1];
-  return (index & 1) ? (byte & 0xfu) : (byte >> 4);
 }
 
 }  // namespace lit_microopt

@@ -41,18 +41,30 @@ void check_buckets(const at::Tensor& accumulator, const at::Tensor& error_feedba
               "lit_microopt: bucket_min and bucket_max must hold ceil(d/bucket_size) entries");
 }
 
-// Step 2 on buckets [begin, end): a += Q^-1(e), in a's dtype (sum in float32, rounded once).
-template <typename scalar_t>
-LMO_CPU_CLONES void dequant_add_buckets(scalar_t* values, const uint8_t* codes, const uint16_t* lows,
-                                        const uint16_t* highs, int64_t numel, int64_t bucket_size, int64_t begin,
-                                        int64_t end) {
-  for (int64_t bucket = begin; bucket < end; ++bucket) {
-    const float low = bfloat16_to_float(lows[bucket]);
-    const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
-    const int64_t stop = std::min(numel, (bucket + 1) * bucket_size);
-    for (int64_t i = bucket * bucket_size; i < stop; ++i) {
-      values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) + dequantize(unpack_code(codes, i), low, unit));
-    }
+// 4-bit codes, element 2j in the high nibble of byte j, to and from one code per byte. Written as loops over
+// byte pairs, which the compiler vectorises (a code read per element, as unpack_code does, is not).
+LMO_CPU_CLONES void unpack_codes(const uint8_t* packed, int64_t count, uint8_t* codes) {
+  for (int64_t i = 0; i < (count + 1) / 2; ++i) {
+    codes[2 * i] = packed[i] >> 4;
+    codes[2 * i + 1] = packed[i] & 0xfu;
+  }
+}
+
+LMO_CPU_CLONES void pack_codes(const uint8_t* codes, int64_t count, uint8_t* packed) {
+  for (int64_t i = 0; i < (count + 1) / 2; ++i) packed[i] = static_cast<uint8_t>((codes[2 * i] << 4) | codes[2 * i + 1]);
+}
+
+// Step 2 on one bucket of `count` elements: out = a + Q^-1(e), rounded to a's dtype as the op stores it.
+// `codes` is scratch space for count + 1 codes.
+template <typename scalar_t, typename out_t>
+LMO_CPU_CLONES void add_dequantized_bucket(const scalar_t* gradient, const uint8_t* packed, uint16_t low_bits,
+                                           uint16_t high_bits, int64_t count, uint8_t* codes, out_t* out) {
+  const float low = bfloat16_to_float(low_bits);
+  const float unit = bucket_unit(low, bfloat16_to_float(high_bits));
+  unpack_codes(packed, count, codes);
+  for (int64_t j = 0; j < count; ++j) {
+    const float sum = static_cast<float>(gradient[j]) + dequantize(codes[j], low, unit);
+    out[j] = static_cast<out_t>(static_cast<scalar_t>(sum));
   }
 }
 
@@ -67,65 +79,141 @@ void ef_dequant_add_cpu(at::Tensor accumulator, const at::Tensor& error_feedback
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_dequant_add_", [&] {
     scalar_t* values = accumulator.data_ptr<scalar_t>();
     at::parallel_for(0, buckets, std::max<int64_t>(1, 32768 / bucket_size), [&](int64_t begin, int64_t end) {
-      dequant_add_buckets(values, codes, lows, highs, numel, bucket_size, begin, end);
+      std::vector<uint8_t> scratch(bucket_size + 1);
+      for (int64_t bucket = begin; bucket < end; ++bucket) {
+        const int64_t start = bucket * bucket_size, count = std::min(bucket_size, numel - start);
+        add_dequantized_bucket(values + start, codes + (start >> 1), lows[bucket], highs[bucket], count,
+                               scratch.data(), values + start);
+      }
     });
   });
 }
 
 // Step 3 on one block held as floats: the k entries of largest |a| (ties: lowest positions first), written in
-// position order. The k-th largest magnitude is found by a radix select: a histogram of the top bits of |a|
-// finds the bin that holds it, and only that bin's (few) entries are partially sorted.
-constexpr int kRadixBits = 11;
-constexpr int kRadixShift = 31 - kRadixBits;
+// position order. The block is read as `rows` rows of `columns` elements. Any bound that k column maxima reach
+// is at most the k-th largest |a| (those columns hold k distinct entries that reach it), so only columns whose
+// maximum reaches the bound can hold a kept entry. The bound is the lower edge of the histogram bin that holds
+// the k-th largest column maximum. One vectorised pass over the block, then work on about k * rows entries.
+constexpr int kBinShift = 20;  // bins of |a|'s bits: the exponent and 3 bits of mantissa
+constexpr int kBins = 1 << (31 - kBinShift);
 
 struct SelectBuffers {
-  explicit SelectBuffers(int64_t block_size) : magnitude(block_size), histogram(1 << kRadixBits) {
-    candidates.reserve(block_size);
-  }
-  std::vector<uint32_t> magnitude, candidates;
-  std::vector<int32_t> histogram;
+  explicit SelectBuffers(int64_t block_size)
+      : column_max(block_size), magnitudes(block_size), histogram(kBins), flagged(block_size),
+        candidates(block_size) {}
+  std::vector<uint32_t> column_max, magnitudes;
+  std::vector<int32_t> histogram, flagged, candidates;  // flagged columns and candidate positions, ascending
 };
 
-LMO_CPU_CLONES void select_block(const float* values, int64_t length, int64_t k, int16_t* indices, uint16_t* kept,
+// |value| as bits: ordered like the magnitudes (NaN above infinity, as torch.topk ranks it).
+inline uint32_t magnitude_bits(float value) { return float_bits(value) & 0x7fffffffu; }
+
+LMO_CPU_CLONES void column_maxima(const float* values, int64_t length, int64_t columns, uint32_t* column_max) {
+  std::fill(column_max, column_max + columns, 0u);
+  for (int64_t base = 0; base < length; base += columns) {
+    const float* row = values + base;
+    const int64_t count = std::min(columns, length - base);
+    for (int64_t column = 0; column < count; ++column) {
+      const uint32_t magnitude = magnitude_bits(row[column]);
+      column_max[column] = magnitude > column_max[column] ? magnitude : column_max[column];
+    }
+  }
+}
+
+// The lower edge of the bin that holds the k-th largest column maximum (k <= columns).
+uint32_t column_bound(const uint32_t* column_max, int64_t columns, int64_t k, std::vector<int32_t>& histogram) {
+  std::fill(histogram.begin(), histogram.end(), 0);
+  uint32_t top = 0;
+  for (int64_t column = 0; column < columns; ++column) {
+    const uint32_t bin = column_max[column] >> kBinShift;
+    ++histogram[bin];
+    top = bin > top ? bin : top;
+  }
+  int64_t above = 0;
+  uint32_t bin = top;
+  while (above + histogram[bin] < k) above += histogram[bin--];
+  return bin << kBinShift;
+}
+
+void select_block(const float* values, int64_t length, int64_t k, int16_t* indices, uint16_t* kept,
                   SelectBuffers& buffers) {
-  std::vector<uint32_t>& magnitude = buffers.magnitude;  // |a| as bits: ordered like the magnitudes
-  std::fill(buffers.histogram.begin(), buffers.histogram.end(), 0);
-  for (int64_t j = 0; j < length; ++j) {
-    magnitude[j] = float_bits(values[j]) & 0x7fffffffu;
-    ++buffers.histogram[magnitude[j] >> kRadixShift];
+  if (k <= 0) return;
+  // Up to 8 rows, while the flagged columns (about k of them) stay a small part of the block.
+  const int64_t rows = std::clamp<int64_t>(length / (8 * k), 1, 8);
+  const int64_t columns = (length + rows - 1) / rows;
+  uint32_t* column_max = buffers.column_max.data();
+  column_maxima(values, length, columns, column_max);
+  const uint32_t bound = column_bound(column_max, columns, k, buffers.histogram);
+  // Branch-free compaction (a write at every step, the count moves only when kept): whether an entry passes
+  // is a coin toss the branch predictor would lose.
+  int32_t* flagged = buffers.flagged.data();
+  int64_t flagged_count = 0;
+  for (int64_t column = 0; column < columns; ++column) {
+    flagged[flagged_count] = static_cast<int32_t>(column);
+    flagged_count += column_max[column] >= bound;
   }
-  int64_t above = 0;  // entries in bins above the one that holds the k-th largest
-  int bin = (1 << kRadixBits) - 1;
-  while (above + buffers.histogram[bin] < k) above += buffers.histogram[bin--];
-  std::vector<uint32_t>& candidates = buffers.candidates;
-  candidates.clear();
-  for (int64_t j = 0; j < length; ++j) {
-    if ((magnitude[j] >> kRadixShift) == static_cast<uint32_t>(bin)) candidates.push_back(magnitude[j]);
+  // Row by row over the flagged columns: positions come out ascending.
+  int32_t* candidates = buffers.candidates.data();
+  int64_t size = 0;  // at least k
+  for (int64_t base = 0; base < length; base += columns) {
+    const int64_t count = std::min(columns, length - base);
+    for (int64_t i = 0; i < flagged_count && flagged[i] < count; ++i) {
+      const int64_t position = base + flagged[i];
+      candidates[size] = static_cast<int32_t>(position);
+      size += magnitude_bits(values[position]) >= bound;
+    }
   }
-  const int64_t needed = k - above;  // taken from this bin, largest first
-  std::nth_element(candidates.begin(), candidates.begin() + (candidates.size() - needed), candidates.end());
-  const uint32_t threshold = candidates[candidates.size() - needed];
-  int64_t ties = needed;  // entries equal to the threshold that are kept, lowest positions first
-  for (const uint32_t candidate : candidates) ties -= candidate > threshold;
+  // The k-th largest among the candidates (at least k of them) is the k-th largest of the block.
+  uint32_t* magnitudes = buffers.magnitudes.data();
+  for (int64_t i = 0; i < size; ++i) magnitudes[i] = magnitude_bits(values[candidates[i]]);
+  std::nth_element(magnitudes, magnitudes + (size - k), magnitudes + size);
+  const uint32_t threshold = magnitudes[size - k];
+  int64_t ties = k;  // entries equal to the threshold that are kept, lowest positions first
+  for (int64_t i = size - k; i < size; ++i) ties -= magnitudes[i] > threshold;
   int64_t column = 0;
-  for (int64_t j = 0; j < length; ++j) {
-    if (magnitude[j] > threshold || (magnitude[j] == threshold && ties-- > 0)) {
-      indices[column] = static_cast<int16_t>(j);
-      kept[column] = float_to_bfloat16(values[j]);
+  for (int64_t i = 0; i < size; ++i) {
+    const int32_t position = candidates[i];
+    const uint32_t magnitude = magnitude_bits(values[position]);
+    if (magnitude > threshold || (magnitude == threshold && ties-- > 0)) {
+      indices[column] = static_cast<int16_t>(position);
+      kept[column] = float_to_bfloat16(values[position]);
       ++column;
     }
   }
 }
 
+// Smallest and largest of values[0, length), in 8 independent lanes so that the loop vectorises (a plain
+// running minimum is a chain of dependent comparisons).
+LMO_CPU_CLONES void extremes(const float* values, int64_t length, float* smallest, float* largest) {
+  constexpr int kLanes = 8;
+  float low[kLanes], high[kLanes];
+  for (int lane = 0; lane < kLanes; ++lane) low[lane] = high[lane] = values[0];
+  int64_t j = 0;
+  for (; j + kLanes <= length; j += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const float value = values[j + lane];
+      low[lane] = value < low[lane] ? value : low[lane];
+      high[lane] = value > high[lane] ? value : high[lane];
+    }
+  }
+  for (; j < length; ++j) {
+    low[0] = values[j] < low[0] ? values[j] : low[0];
+    high[0] = values[j] > high[0] ? values[j] : high[0];
+  }
+  for (int lane = 1; lane < kLanes; ++lane) {
+    low[0] = low[lane] < low[0] ? low[lane] : low[0];
+    high[0] = high[lane] > high[0] ? high[lane] : high[0];
+  }
+  *smallest = low[0];
+  *largest = high[0];
+}
+
 // Step 5 on one bucket held as floats: outward bfloat16 bounds, then two 4-bit codes per byte. `first` is the
 // bucket's first element index in the tensor (the random stream is indexed by it).
 LMO_CPU_CLONES void quantize_bucket(const float* values, int64_t length, int64_t first, bool stochastic, uint32_t stream,
-                     uint16_t* low_bits, uint16_t* high_bits, uint8_t* codes, int32_t* scratch) {
-  float smallest = values[0], largest = values[0];
-  for (int64_t j = 1; j < length; ++j) {
-    smallest = values[j] < smallest ? values[j] : smallest;
-    largest = values[j] > largest ? values[j] : largest;
-  }
+                     uint16_t* low_bits, uint16_t* high_bits, uint8_t* codes, uint8_t* scratch) {
+  float smallest, largest;
+  extremes(values, length, &smallest, &largest);
   *low_bits = bfloat16_outward(smallest, /*up=*/false);
   *high_bits = bfloat16_outward(largest, /*up=*/true);
   const float low = bfloat16_to_float(*low_bits);
@@ -137,7 +225,7 @@ LMO_CPU_CLONES void quantize_bucket(const float* values, int64_t length, int64_t
     for (int64_t j = 0; j < length; ++j) scratch[j] = quantize(values[j], low, unit, 0.5f);
   }
   if (length % 2) scratch[length] = 0;
-  for (int64_t j = 0; j < length; j += 2) codes[j >> 1] = static_cast<uint8_t>((scratch[j] << 4) | scratch[j + 1]);
+  pack_codes(scratch, length, codes);
 }
 
 template <typename scalar_t>
@@ -203,7 +291,7 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
     });
     at::parallel_for(0, buckets, std::max<int64_t>(1, 32768 / bucket_size), [&](int64_t begin, int64_t end) {
       std::vector<float> bucket_values(bucket_size);
-      std::vector<int32_t> scratch(bucket_size + 1);
+      std::vector<uint8_t> scratch(bucket_size + 1);
       for (int64_t bucket = begin; bucket < end; ++bucket) {
         const int64_t start = bucket * bucket_size, length = std::min(bucket_size, numel - start);
         load_floats(values + start, length, bucket_values.data());
@@ -212,23 +300,6 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
       }
     });
   });
-}
-
-// Step 2 on one block into floats, rounded to the gradient's dtype as the separate op stores them.
-template <typename scalar_t>
-LMO_CPU_CLONES void dequantize_block(const scalar_t* gradient, const uint8_t* codes, const uint16_t* lows,
-                                     const uint16_t* highs, int64_t start, int64_t length, int64_t bucket_size,
-                                     float* a) {
-  for (int64_t offset = 0; offset < length; offset += bucket_size) {
-    const int64_t bucket = (start + offset) / bucket_size;
-    const float low = bfloat16_to_float(lows[bucket]);
-    const float unit = bucket_unit(low, bfloat16_to_float(highs[bucket]));
-    const int64_t stop = std::min(length, offset + bucket_size);
-    for (int64_t j = offset; j < stop; ++j) {
-      const float sum = static_cast<float>(gradient[start + j]) + dequantize(unpack_code(codes, start + j), low, unit);
-      a[j] = static_cast<float>(static_cast<scalar_t>(sum));
-    }
-  }
 }
 
 // Steps 2 to 5 in one pass per Top-K block, when blocks are made of whole buckets: the block is dequantized
@@ -260,11 +331,15 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       SelectBuffers buffers(block_size);
       std::vector<float> a(block_size);
-      std::vector<int32_t> scratch(bucket_size + 1);
+      std::vector<uint8_t> scratch(bucket_size + 1);
       for (int64_t block = begin; block < end; ++block) {
         const int64_t start = block * block_size, length = std::min(block_size, numel - start);
-        // Step 2 (the block starts on a bucket boundary).
-        dequantize_block(gradient, codes_in, lows, highs, start, length, bucket_size, a.data());
+        // Step 2, bucket by bucket (the block starts on a bucket boundary).
+        for (int64_t offset = 0; offset < length; offset += bucket_size) {
+          const int64_t first = start + offset, bucket = first / bucket_size;
+          add_dequantized_bucket(gradient + first, codes_in + (first >> 1), lows[bucket], highs[bucket],
+                                 std::min(bucket_size, length - offset), scratch.data(), a.data() + offset);
+        }
         // Step 3.
         int16_t* block_indices = indices + block * k_block;
         const int64_t k = block < full_blocks ? k_block : k_last;
@@ -292,7 +367,44 @@ LMO_CPU_CLONES void scale(scalar_t* values, int64_t count, float factor) {
   for (int64_t i = 0; i < count; ++i) values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) * factor);
 }
 
-// Steps 6 and 7: per block, the window's moments in a block-sized buffer, then one update per position.
+// Step 6's sums for one Top-K block: S1 and S2 in block-sized buffers (zero between blocks), and a bitmap of the
+// positions the window holds. Positions are then visited in ascending order: the parameter's memory is read
+// as a stream the prefetcher follows, not in the window's random order.
+struct WindowSums {
+  explicit WindowSums(int64_t block_size) : sum1(block_size, 0.0f), sum2(block_size, 0.0f), held((block_size + 63) / 64, 0) {}
+
+  // Column by column, rows in order (the summation order of the reference), over window columns [first, last).
+  LMO_CPU_CLONES void accumulate(const int16_t* indices, const uint16_t* window, const float* weights1,
+                                 const float* weights2, int64_t rows, int64_t columns, int64_t first, int64_t last) {
+    for (int64_t column = first; column < last; ++column) {
+      for (int64_t row = 0; row < rows; ++row) {
+        const int32_t j = indices[row * columns + column];
+        const float value = bfloat16_to_float(window[row * columns + column]);
+        sum1[j] += multiply(value, weights1[row]);
+        sum2[j] += multiply(multiply(value, value), weights2[row]);
+        held[j >> 6] |= uint64_t{1} << (j & 63);
+      }
+    }
+  }
+
+  // Calls visit(j, S1[j], S2[j]) once per held position, ascending, and leaves the buffers zero.
+  template <typename Visit>
+  void drain(Visit&& visit) {
+    for (size_t word = 0; word < held.size(); ++word) {
+      for (uint64_t bits = held[word]; bits != 0; bits &= bits - 1) {
+        const int64_t j = static_cast<int64_t>(word) * 64 + __builtin_ctzll(bits);
+        visit(j, sum1[j], sum2[j]);
+        sum1[j] = sum2[j] = 0.0f;
+      }
+      held[word] = 0;
+    }
+  }
+
+  std::vector<float> sum1, sum2;
+  std::vector<uint64_t> held;
+};
+
+// Steps 6 and 7: per block, the window's moments (WindowSums), then one update per position it holds.
 void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                             const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
                             int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
@@ -321,36 +433,15 @@ void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, 
       at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) { scale(values + begin, end - begin, factor); });
     }
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> sum1(block_size, 0.0f), sum2(block_size, 0.0f);
-      std::vector<uint8_t> done(block_size, 0);
+      WindowSums sums(block_size);
       for (int64_t block = begin; block < end; ++block) {
         const int64_t first = block * k_block, last = std::min(columns, first + k_block);
+        sums.accumulate(indices, window, weights1, weights2, rows, columns, first, last);
         scalar_t* target = values + block * block_size;
-        // Column by column, rows in order: the summation order of the reference.
-        for (int64_t column = first; column < last; ++column) {
-          for (int64_t row = 0; row < rows; ++row) {
-            const int64_t j = indices[row * columns + column];
-            const float value = bfloat16_to_float(window[row * columns + column]);
-            sum1[j] += multiply(value, weights1[row]);
-            sum2[j] += multiply(multiply(value, value), weights2[row]);
-          }
-        }
-        for (int64_t column = first; column < last; ++column) {
-          for (int64_t row = 0; row < rows; ++row) {
-            const int64_t j = indices[row * columns + column];
-            if (done[j]) continue;  // a position held by several rows moves once
-            done[j] = 1;
-            const float update = window_update(sum1[j], sum2[j], c1f, c2f, epsf);
-            target[j] = static_cast<scalar_t>(apply_update(static_cast<float>(target[j]), lrf, update));
-          }
-        }
-        for (int64_t column = first; column < last; ++column) {
-          for (int64_t row = 0; row < rows; ++row) {
-            const int64_t j = indices[row * columns + column];
-            sum1[j] = sum2[j] = 0.0f;
-            done[j] = 0;
-          }
-        }
+        sums.drain([&](int64_t j, float sum1, float sum2) {
+          const float update = window_update(sum1, sum2, c1f, c2f, epsf);
+          target[j] = static_cast<scalar_t>(apply_update(static_cast<float>(target[j]), lrf, update));
+        });
       }
     });
   });

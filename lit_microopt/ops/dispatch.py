@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -58,9 +59,13 @@ def compiled_available(device_type: str, op_names: tuple[str, ...] = OP_NAMES) -
     if not EXTENSION_LOADED:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and all(
-        torch._C._dispatch_has_kernel_for_dispatch_key(f"lit_microopt::{name}", key) for name in op_names
-    )
+    return key is not None and all(_has_kernel(name, key) for name in op_names)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_kernel(op_name: str, dispatch_key: str) -> bool:
+    # Kernels register when the extension loads and never change after: asked at every op call, so remembered.
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"lit_microopt::{op_name}", dispatch_key)
 
 
 def backend_setting() -> str:

@@ -62,6 +62,38 @@ def test_topk_keeps_the_same_entries_in_the_same_columns(device, dtype, numel, v
     assert torch.equal(actual[1], expected[1])
 
 
+def large_block_values(kind: str, numel: int, generator: torch.Generator) -> torch.Tensor:
+    """Values that stress a block selection: ties everywhere, zeros, or every large entry in one column."""
+    if kind == "tied":
+        return torch.randint(-3, 4, (numel,), generator=generator).float()
+    if kind == "zeros":
+        return torch.zeros(numel)
+    values = torch.randn(numel, generator=generator)
+    if kind == "one_column":  # the CPU kernel reads a block as rows of columns: crowd one column
+        values = values * 1e-3
+        values[::125] = torch.randn(values[::125].shape, generator=generator) * 10
+    return values
+
+
+@pytest.mark.parametrize(("numel", "block_size", "density"), [
+    (100_003, 8192, 0.01),  # the default block, a short last block
+    (5003, 1000, 0.01),  # rows of 125 columns, a last block of 3 elements
+    (70_001, 4096, 0.05),  # two rows
+    (4096, 4096, 0.9),  # almost everything kept
+])
+@pytest.mark.parametrize("kind", ["random", "tied", "zeros", "one_column"])
+def test_topk_on_large_blocks_keeps_the_same_entries(device, numel, block_size, density, kind):
+    require_kernels(device)
+    generator = torch.Generator().manual_seed(numel)
+    layout = ops.TopKLayout.of(numel, block_size, density)
+    accumulator = large_block_values(kind, numel, generator).to(device)
+    expected, actual = window_row(layout, device), window_row(layout, device)
+    reference.block_topk(accumulator, *expected, layout)
+    compiled.block_topk(accumulator, *actual, layout.block_size, layout.k_block, layout.k_last)
+    assert torch.equal(actual[0], expected[0])
+    assert torch.equal(actual[1], expected[1])
+
+
 @pytest.mark.parametrize("numel", SIZES)
 @pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
 def test_quantize_is_bit_identical(device, dtype, numel, stochastic):
@@ -235,14 +267,9 @@ def test_misaligned_inputs_give_the_reference_result(dtype):
     assert torch.equal(accumulator, target)
 
 
-@pytest.mark.parametrize("numel", SIZES)
-@pytest.mark.parametrize("bucket_size", [16, 6], ids=["blocks-of-whole-buckets", "straddling"])
-@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
-def test_fused_compression_equals_the_three_steps(device, dtype, numel, bucket_size, stochastic):
-    """ef_compress_ (steps 2 to 5 in one pass) leaves the window and the error feedback as the three ops do."""
-    require_kernels(device)
+def assert_fused_equals_three_steps(device, dtype, layout, bucket_size, stochastic):
+    numel = layout.numel
     generator = torch.Generator().manual_seed(numel)
-    layout = ops.TopKLayout.of(numel, 16, 0.25)
     gradient = (2 * torch.randn(numel, generator=generator)).to(device, dtype)
     results = []
     for fused in (False, True):
@@ -259,3 +286,21 @@ def test_fused_compression_equals_the_three_steps(device, dtype, numel, bucket_s
         results.append(state)
     for expected, actual in zip(*results):
         assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("numel", SIZES)
+@pytest.mark.parametrize("bucket_size", [16, 6], ids=["blocks-of-whole-buckets", "straddling"])
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_fused_compression_equals_the_three_steps(device, dtype, numel, bucket_size, stochastic):
+    """ef_compress_ (steps 2 to 5 in one pass) leaves the window and the error feedback as the three ops do."""
+    require_kernels(device)
+    assert_fused_equals_three_steps(device, dtype, ops.TopKLayout.of(numel, 16, 0.25), bucket_size, stochastic)
+
+
+@pytest.mark.parametrize(("numel", "block_size", "density", "bucket_size"), [
+    (100_003, 8192, 0.01, 64), (5003, 1000, 0.01, 8), (70_001, 4096, 0.05, 64),
+])
+def test_fused_compression_on_large_blocks_equals_the_three_steps(device, dtype, numel, block_size, density, bucket_size):
+    require_kernels(device)
+    layout = ops.TopKLayout.of(numel, block_size, density)
+    assert_fused_equals_three_steps(device, dtype, layout, bucket_size, stochastic=False)

@@ -17,6 +17,7 @@ Layout reminders:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from fractions import Fraction
@@ -47,6 +48,7 @@ class TopKLayout(NamedTuple):
         return self.num_full_blocks * self.k_block + self.k_last
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # asked for every parameter at every step; exact arithmetic is slow
     def of(numel: int, block_size: int, density: float) -> TopKLayout:
         """The layout for ``numel`` elements; ``ceil(length * density)`` is computed exactly (no float error)."""
 
