@@ -35,6 +35,10 @@ LIGHTNING_COMMANDS = {
 PACKAGE_COMMANDS: dict[str, Command] = {
     "kernels": Command("print which compiled kernels are built and what each optimizer uses", "lit_microopt.ops.report:main"),
     "plot": Command("draw a run's logged metrics as PNG figures: RUN_DIR [--out DIR]", "lit_microopt.plot:main"),
+    "eval": Command("evaluate a checkpoint on lm-eval tasks: --checkpoint PATH --tasks T1,T2 [--include_path DIR]",
+                    "lit_microopt.eval.evaluate:main"),
+    "export": Command("export a checkpoint to a Hugging Face folder: --checkpoint PATH --out FOLDER",
+                      "lit_microopt.eval.export:main"),
 }
 
 

@@ -20,7 +20,7 @@ fi
 rm -f lit_microopt/_C*.so
 LIT_MICROOPT_BUILD_CUDA=1 MAX_JOBS=16 "$python" setup.py build_ext --inplace >"$out/build.log" 2>&1 \
   || { tail -n 40 "$out/build.log"; echo "build failed" | tee -a "$out/gpu_check.md"; exit 1; }
-"$python" -m pytest -q -p no:cacheprovider -m cuda tests/ops tests/optim 2>&1 | tee "$out/tests.log" | tail -n 30
+"$python" -m pytest -q -p no:cacheprovider -m cuda tests/ops tests/optim tests/strategies 2>&1 | tee "$out/tests.log" | tail -n 30
 tests_status=${PIPESTATUS[0]}
 grep -E "passed|failed" "$out/tests.log" | tail -n 1 | sed 's/^/CUDA tests: /' | tee -a "$out/gpu_check.md"
 "$python" benchmarks/gpu_step.py 2>&1 | tee -a "$out/gpu_check.md"

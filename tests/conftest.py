@@ -17,3 +17,12 @@ def device(request) -> str:
 @pytest.fixture(params=DTYPES, ids=lambda dtype: str(dtype).removeprefix("torch."))
 def dtype(request) -> torch.dtype:
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Tests share two cores with other work: one torch thread each keeps training tests fast and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -63,17 +63,18 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
 
     One device synchronisation per device, whatever the number of tensors.
     """
-    flags_by_device: dict[torch.device, list[torch.Tensor]] = {}
+    extremes_by_device: dict[torch.device, list[torch.Tensor]] = {}
     names_by_device: dict[torch.device, list[str]] = {}
     for name, grad in named_gradients:
         # min and max in one pass: both are finite exactly when every element is (NaN propagates).
-        extremes = torch.stack(torch.aminmax(grad.reshape(-1))) if grad.numel() else grad.new_zeros(2)
-        flags_by_device.setdefault(grad.device, []).append(torch.isfinite(extremes).all())
+        extremes = torch.aminmax(grad.reshape(-1)) if grad.numel() else (grad.new_zeros(()), grad.new_zeros(()))
+        extremes_by_device.setdefault(grad.device, []).extend(extremes)
         names_by_device.setdefault(grad.device, []).append(name)
     bad = []
-    for device, flags in flags_by_device.items():
-        finite = torch.stack(flags).cpu().tolist()
-        bad.extend(name for name, ok in zip(names_by_device[device], finite) if not ok)
+    for device, extremes in extremes_by_device.items():
+        # Stacked in float32 (gradients of several dtypes): a float16 or bfloat16 extreme stays finite there.
+        finite = torch.isfinite(torch.stack([value.float() for value in extremes])).view(-1, 2).all(dim=1)
+        bad.extend(name for name, ok in zip(names_by_device[device], finite.tolist()) if not ok)
     if bad:
         raise FloatingPointError(
             f"{owner}: non-finite gradient (NaN or inf) in {', '.join(bad)}; nothing was updated. "

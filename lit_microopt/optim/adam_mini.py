@@ -24,7 +24,17 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
-    check_gradients_finite,
+)
+from lit_microopt.optim._dtensor import (
+    ShardBlocks,
+    check_gradients_finite_everywhere,
+    is_dtensor,
+    local_state,
+    local_tensor,
+    shard_blocks,
+    share_local_blocks,
+    sum_spanning_statistics,
+    zeros_like_sharded,
 )
 from lit_microopt.optim.partition import (
     BlockLayout,
@@ -69,15 +79,11 @@ def _drop_repeated_tensors(param_group: dict[str, Any]) -> dict[str, Any]:
 
 def _check_not_flat_shard(name: str, param: torch.Tensor) -> None:
     """Flattened shards (FSDP1 ``FlatParameter``, DeepSpeed ZeRO) have lost the shape the blocks need."""
-    if type(param).__name__ == "FlatParameter" or hasattr(param, "ds_id"):
+    # FSDP1 marks its FlatParameter and, with use_orig_params=True, the flattened views it hands out.
+    if type(param).__name__ == "FlatParameter" or getattr(param, "_fsdp_flattened", False) or hasattr(param, "ds_id"):
         raise ValueError(
             f"AdamMini: {name} is a flattened shard (FSDP1 FlatParameter or DeepSpeed ZeRO), which cannot be cut "
-            "into heads and rows; train with DDP instead."
-        )
-    if type(param).__name__ == "DTensor" or hasattr(param, "device_mesh"):
-        raise ValueError(
-            f"AdamMini: {name} is a DTensor (FSDP2 / tensor parallel), which AdamMini does not support yet; "
-            "train with DDP instead."
+            "into heads and rows; shard with FSDP2 (fully_shard, Lightning's ModelParallelStrategy) or train with DDP."
         )
 
 
@@ -92,6 +98,10 @@ class AdamMini(ExactStateOptimizer):
         p   -= lr * (m / (1 - beta1^t)) / (sqrt(v_b / (1 - beta2^t)) + eps)
 
     Each parameter's role and block count are in :attr:`partition`, summarised once in an INFO log.
+
+    Parameters may be DTensors sharded along dim 0 (FSDP2's ``fully_shard``): a shard keeps its ``row`` and ``head``
+    blocks local, blocks the sharding cuts (``tensor``, ``Conv1D`` columns) are reduced over the mesh, ``m`` is
+    sharded like the parameter and ``v`` is whole on every rank. Flattened FSDP1 / DeepSpeed shards are refused.
 
     Args:
         params: named parameters: ``model.named_parameters()``, or param groups whose ``params`` are
@@ -164,6 +174,7 @@ class AdamMini(ExactStateOptimizer):
         #: Each parameter's role and blocks, by name (a :class:`BlockLayout`: ``.role``, ``.n_blocks``).
         self.partition: dict[str, BlockLayout] = {}
         self._layouts: dict[torch.Tensor, BlockLayout] = {}
+        self._shard_blocks: dict[torch.Tensor, ShardBlocks] = {}  # DTensor parameters (FSDP2): their local blocks
         self._constructed = False
         super().__init__(params, defaults)
         self._constructed = True
@@ -219,7 +230,7 @@ class AdamMini(ExactStateOptimizer):
             names = group.get("param_names")
             if names is None or len(names) != len(group["params"]):
                 raise ValueError(_NAMES_NEEDED)
-            added = {}
+            added, sharded = {}, {}
             for name, param in zip(names, group["params"]):
                 if param.dtype not in SUPPORTED_PARAMETER_DTYPES:
                     raise TypeError(
@@ -232,11 +243,14 @@ class AdamMini(ExactStateOptimizer):
                 added[name] = partition_parameter(
                     name, param.shape, module=self._modules_by_name.get(name), heads=self.heads, rules=self.rules
                 )
+                if is_dtensor(param):
+                    sharded[param] = shard_blocks(name, param, added[name])
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
         self.partition.update(added)
         self._layouts.update(zip(group["params"], added.values()))
+        self._shard_blocks.update(sharded)
         if self._constructed:
             logger.info(summarize_partition(added))
 
@@ -261,6 +275,20 @@ class AdamMini(ExactStateOptimizer):
 
     def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return self.expected_state_shapes(param)
+
+    def _new_state(self, param: torch.Tensor, group: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+        if not is_dtensor(param):
+            return super()._new_state(param, group, seed)
+        # A DTensor's first moment is sharded like it; v, a few numbers per block, is whole on every rank.
+        state = {
+            "step": torch.zeros((), dtype=torch.int64),
+            "exp_avg": zeros_like_sharded(param, self._moment_dtype(param)),
+            "exp_avg_sq": torch.zeros(self._layouts[param].n_blocks, dtype=torch.float32,
+                                      device=local_tensor(param).device),
+        }
+        if self._rounds_stochastically(param):
+            state["rounding_seed"] = torch.tensor(seed, dtype=torch.int64)
+        return state
 
     def _state_fix(self, param: torch.Tensor, group: dict[str, Any]) -> str:
         layout = self._layouts[param]
@@ -290,36 +318,63 @@ class AdamMini(ExactStateOptimizer):
         # The block statistics read only the gradients: computing them first lets a non-finite gradient stop
         # the step before anything changes, and makes the finiteness check nearly free.
         block_mean_sqs = [self._block_mean_sq(param) for _, _, param, _ in work]
+        sum_spanning_statistics([
+            (blocks, stat) for (_, _, param, _), stat in zip(work, block_mean_sqs)
+            if (blocks := self._shard_blocks.get(param)) is not None and blocks.spans and blocks.group is not None
+        ])
         if self.check_finite and work:
             self._check_finite([(name, param.grad) for _, name, param, _ in work], block_mean_sqs)
 
+        owned_blocks = []  # (blocks, v) of DTensor parameters whose v entries the other ranks need
         for (group, _, param, position), block_mean_sq in zip(work, block_mean_sqs):
             state = self.state[param]
             if not state:
                 state.update(self._new_state(param, group, seed=position))
             state["step"] += 1
             layout = self._layouts[param]
+            # A DTensor steps its local shard (its blocks; for local blocks, their slice of v).
+            values, blocks = local_state(state), self._shard_blocks.get(param)
+            exp_avg_sq, local = values["exp_avg_sq"], self._local_layout(param)
+            if blocks is not None and not blocks.spans:
+                exp_avg_sq = exp_avg_sq[blocks.first_block : blocks.first_block + local.n_blocks]
+                if blocks.group is not None:
+                    owned_blocks.append((blocks, state["exp_avg_sq"]))
+            if local_tensor(param).numel() == 0:
+                continue
             beta1, beta2 = (float(beta) for beta in group["betas"])
             adam_mini_update_(
-                param, param.grad, state["exp_avg"], state["exp_avg_sq"],
-                block_axis=layout.block_axis, segment_rows=layout.segment_rows,
-                rows_per_block=layout.rows_per_block, step=int(state["step"]), lr=float(group["lr"]),
+                local_tensor(param), local_tensor(param.grad), values["exp_avg"], exp_avg_sq,
+                block_axis=local.block_axis, segment_rows=local.segment_rows,
+                rows_per_block=local.rows_per_block, step=int(state["step"]), lr=float(group["lr"]),
                 beta1=beta1, beta2=beta2, eps=float(group["eps"]),
                 weight_decay=float(group["weight_decay"]) if layout.weight_decay else 0.0,
                 rounding_seed=int(state["rounding_seed"]) if "rounding_seed" in state else 0,
                 block_mean_sq=block_mean_sq,
             )
+        share_local_blocks(owned_blocks)
         return loss
 
+    def _local_layout(self, param: torch.Tensor) -> BlockLayout:
+        """The blocks this rank steps: the parameter's, or its local shard's for a DTensor."""
+        blocks = self._shard_blocks.get(param)
+        return self._layouts[param] if blocks is None else blocks.layout
+
     def _block_mean_sq(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The block means of g^2 of ``param``, or ``None`` when its blocks are single elements (AdamW's path)."""
-        layout = self._layouts[param]
-        if layout.n_blocks == param.numel():
+        """The block means of g^2 of ``param``, or ``None`` when its blocks are single elements (AdamW's path).
+
+        For a DTensor whose blocks the sharding cuts, this rank's share of each block's mean, to be summed over the
+        mesh.
+        """
+        layout, blocks, grad = self._local_layout(param), self._shard_blocks.get(param), local_tensor(param.grad)
+        spans = blocks is not None and blocks.spans
+        if layout.n_blocks == grad.numel() and not spans:
             return None
-        return block_mean_squares(
-            param.grad, block_axis=layout.block_axis, segment_rows=layout.segment_rows,
-            rows_per_block=layout.rows_per_block,
+        means = block_mean_squares(
+            grad, block_axis=layout.block_axis, segment_rows=layout.segment_rows, rows_per_block=layout.rows_per_block
         )
+        if spans:
+            means = means.mul_(blocks.scale) if grad.numel() else grad.new_zeros(layout.n_blocks, dtype=torch.float32)
+        return means
 
     @staticmethod
     def _check_finite(
@@ -332,16 +387,18 @@ class AdamMini(ExactStateOptimizer):
         have no statistic) get the exact element-wise check, whose error names them. A finite gradient so
         large that its squares overflow is a suspect that passes the exact check.
         """
-        suspects = [(name, grad) for (name, grad), stat in zip(named_gradients, block_mean_sqs) if stat is None]
+        # DTensor gradients are all checked exactly, the verdict shared by the ranks (every rank sees the same list).
+        suspects = [(name, grad) for (name, grad), stat in zip(named_gradients, block_mean_sqs)
+                    if stat is None or is_dtensor(grad)]
         sums_by_device: dict[torch.device, list[tuple[tuple[str, torch.Tensor], torch.Tensor]]] = {}
         for named_gradient, stat in zip(named_gradients, block_mean_sqs):
-            if stat is not None:
+            if stat is not None and not is_dtensor(named_gradient[1]):
                 sums_by_device.setdefault(stat.device, []).append((named_gradient, stat.sum()))
         for entries in sums_by_device.values():
             finite = torch.isfinite(torch.stack([total for _, total in entries])).tolist()
             suspects.extend(named_gradient for (named_gradient, _), ok in zip(entries, finite) if not ok)
         if suspects:
-            check_gradients_finite("AdamMini", suspects)
+            check_gradients_finite_everywhere("AdamMini", suspects)
 
     # -- what monitors read ------------------------------------------------------------------------------
 

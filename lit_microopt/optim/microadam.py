@@ -17,7 +17,15 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
-    check_gradients_finite,
+)
+from lit_microopt.optim._dtensor import (
+    FlatShard,
+    check_gradients_finite_everywhere,
+    is_dtensor,
+    local_state,
+    new_sharded_state,
+    padded_local_numel,
+    sharded_state_shapes,
 )
 from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry
 
@@ -72,6 +80,9 @@ class MicroAdam(ExactStateOptimizer):
 
     .. note:: ``p.grad`` is used as the working buffer of the step: after ``step()`` its content is
        unspecified. Read or clip gradients before calling ``step()``.
+
+    Parameters may be DTensors (FSDP2's ``fully_shard``): each rank compresses its own shard, and the state is
+    sized for the largest shard and sharded like the parameter (it resumes on the same number of ranks).
 
     Args:
         params: parameters or param groups, as for any ``torch.optim.Optimizer`` (named parameters too:
@@ -170,10 +181,19 @@ class MicroAdam(ExactStateOptimizer):
         }
 
     def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return self.expected_state_shapes(param.numel(), group)
+        # A DTensor (FSDP2) keeps the state of its largest local shard on every rank, sharded like the parameter.
+        shapes = self.expected_state_shapes(padded_local_numel(param), group)
+        return sharded_state_shapes(param, shapes, self.host_state_keys)
+
+    def _new_state(self, param: torch.Tensor, group: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+        if not is_dtensor(param):
+            return super()._new_state(param, group, seed)
+        shapes = self.expected_state_shapes(padded_local_numel(param), group)
+        return new_sharded_state(param, shapes, self.host_state_keys, seed)
 
     def _state_fix(self, param: torch.Tensor, group: dict[str, Any]) -> str:
-        return (f"this parameter has {param.numel()} elements; load a state dict saved for the same model with the "
+        return (f"this parameter has {padded_local_numel(param)} elements (per rank when sharded); load a state dict "
+                "saved for the same model with the "
                 "same m, density, block_size and quant_bucket_size.")
 
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
@@ -209,17 +229,21 @@ class MicroAdam(ExactStateOptimizer):
         work = [entry for entry in self._parameters_with_gradients() if entry[2].numel() > 0]
         named_gradients = [(name, param.grad) for _, name, param, _ in work]
         if self.check_finite and named_gradients:
-            check_gradients_finite("MicroAdam", named_gradients)
+            check_gradients_finite_everywhere("MicroAdam", named_gradients)
 
         collect = self._telemetry_requested
         self._telemetry_requested = False
         pending = []  # (group index, name, statistics as a tensor, counts) of every parameter, when collecting
+        row_weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # shared by parameters at the same step
         for group_index, name, param, position in work:
             group = self.param_groups[group_index]
             state = self.state[param]
             if not state:
                 state.update(self._new_state(param, group, seed=position))
-            statistics = self._step_parameter(param, group, state, collect)
+            # A DTensor steps its local shard, flat and padded to the size its state was made for.
+            shard = FlatShard(param)
+            statistics = self._step_parameter(shard.param, group, local_state(state), collect, row_weights, shard.grad)
+            shard.write_back()
             if collect:
                 pending.append((group_index, name, *statistics))
         if collect:
@@ -227,7 +251,8 @@ class MicroAdam(ExactStateOptimizer):
         return loss
 
     def _step_parameter(
-        self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool
+        self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool,
+        row_weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor,
     ) -> MicroAdamStatistics | None:
         beta1, beta2 = (float(beta) for beta in group["betas"])
         lr = float(group["lr"])
@@ -240,31 +265,29 @@ class MicroAdam(ExactStateOptimizer):
         state["step"] += 1
         t = int(state["step"])
         row = (t - 1) % m
-        accumulator = _flat(param.grad)
+        accumulator = _flat(grad)
 
         key = ops.stream_key(int(state["rounding_seed"]), t)
         stochastic = group["ef_rounding"] == "stochastic"
         if not collect:  # steps 2 to 5 in one pass
             ops.ef_compress_(accumulator, indices[row], values[row], error_feedback, bucket_min, bucket_max,
                              bucket_size, layout, stochastic, key)
-        else:  # step by step, to measure a and its remainder on the way
-            # Step 2: a = g + Q^-1(e).
+        else:  # step by step, so that the remainder r is left in the accumulator for the statistics
             ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
-            # Step 3: Top-K of every block into window row (t - 1) mod m.
             ops.block_topk(accumulator, indices[row], values[row], layout)
-            # ||a||^2 and ||a - TopK(a)||^2, before the kept entries leave a.
-            accumulator_sq = torch.linalg.vector_norm(accumulator.float()).double().square()
-            kept = accumulator[ops.window_positions(indices[row], layout)].float()
-            discarded_sq = accumulator_sq - torch.linalg.vector_norm(kept).double().square()
-            # Steps 4 and 5: remove what was kept, quantize the remainder.
             ops.ef_quantize_(accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout,
                              stochastic, key)
 
         # Steps 6 and 7, over the filled rows; age(row) = (t - 1 - row) mod m.
         filled = min(t, m)
-        ages = [(t - 1 - r) % m for r in range(filled)]
-        weights1 = torch.tensor([beta1**age for age in ages], dtype=torch.float32, device=param.device)
-        weights2 = torch.tensor([beta2**age for age in ages], dtype=torch.float32, device=param.device)
+        weights_key = (t, m, beta1, beta2, param.device)
+        if weights_key not in row_weights:
+            ages = [(t - 1 - r) % m for r in range(filled)]
+            row_weights[weights_key] = (
+                torch.tensor([beta1**age for age in ages], dtype=torch.float32, device=param.device),
+                torch.tensor([beta2**age for age in ages], dtype=torch.float32, device=param.device),
+            )
+        weights1, weights2 = row_weights[weights_key]
         c1 = (1 - beta1) / (1 - beta1**t)
         c2 = (1 - beta2) / (1 - beta2**t)
         target = _flat(param)
@@ -277,7 +300,7 @@ class MicroAdam(ExactStateOptimizer):
 
         if not collect:
             return None
-        return self._statistics(accumulator, state, layout, group, filled, accumulator_sq, discarded_sq)
+        return self._statistics(accumulator, state, layout, group, row, filled)
 
     @staticmethod
     def _statistics(
@@ -285,27 +308,39 @@ class MicroAdam(ExactStateOptimizer):
         state: dict[str, torch.Tensor],
         layout: TopKLayout,
         group: dict[str, Any],
+        row: int,
         filled: int,
-        accumulator_sq: torch.Tensor,
-        discarded_sq: torch.Tensor,
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """The spec's telemetry for one parameter after its step (``remainder`` still holds ``r``): the sums
-        as one float64 tensor on the parameter's device (read later, once for all parameters), and the counts."""
+        """The spec's telemetry for one parameter after its step, from the remainder ``r`` that steps 2 to 5
+        left in the accumulator: the sums as one float64 tensor on the parameter's device (read later, once for
+        all parameters), and the counts.
+
+        ``a`` itself is gone, but nothing is lost: ``r = a`` outside the kept positions, and at a kept position
+        ``r = a - bf16(a)`` with ``bf16(a)`` in the window, so ``a = bf16(a) + r`` there (exactly, in float32).
+        """
         bucket_size = group["quant_bucket_size"]
-        sums = torch.zeros(3, dtype=torch.float64, device=remainder.device)
+        positions = ops.window_positions(state["window_indices"][:filled], layout)  # (filled, k)
+        remainder_kept = remainder[positions[row]].float()
+        accumulator_kept = state["window_values"][row].float() + remainder_kept
+        squares = [remainder_kept, accumulator_kept]  # then ||r||^2, ||Q^-1(e) - r||^2 and ||Q^-1(e)||^2 per slice
+        slice_squares = []
         for start, stop in slices(layout.numel, bucket_size):
-            # Q^-1(e) through the step's own op, added to zeros.
+            # Q^-1(e) through the step's own op, added to zeros; in slices, so that transients stay small.
             decoded = torch.zeros(stop - start, dtype=torch.float32, device=remainder.device)
             buckets = slice(start // bucket_size, -(-stop // bucket_size))
             ops.ef_dequant_add_(decoded, state["error_feedback"][start // 2 : (stop + 1) // 2],
                                 state["bucket_min"][buckets], state["bucket_max"][buckets], bucket_size)
             exact = remainder[start:stop].float()
-            norms = torch.stack([torch.linalg.vector_norm(exact), torch.linalg.vector_norm(decoded - exact),
-                                 torch.linalg.vector_norm(decoded)])
-            sums += norms.double().square()
+            slice_squares.append(torch.stack(torch._foreach_norm([exact, decoded - exact, decoded])))
+        norms = torch.cat([torch.stack(torch._foreach_norm(squares)), *slice_squares]).double().square()
+        # Per slice rows of (r, error, e) summed, after the two kept-entry sums.
+        remainder_sq, quantization_sq, error_feedback_sq = norms[2:].view(-1, 3).sum(dim=0)
+        discarded_sq = remainder_sq - norms[0]  # ||a - TopK(a)||^2: r outside the kept positions
+        accumulator_sq = discarded_sq + norms[1]
         held = torch.zeros(layout.numel, dtype=torch.bool, device=remainder.device)
-        held[ops.window_positions(state["window_indices"][:filled], layout).view(-1)] = True
-        values = torch.cat([torch.stack([accumulator_sq, discarded_sq]).double(), sums, held.sum().double().view(1)])
+        held[positions.view(-1)] = True
+        values = torch.stack([accumulator_sq, discarded_sq, remainder_sq, quantization_sq, error_feedback_sq,
+                              held.sum().double()])
         return values, (filled * layout.k, group["m"] * layout.k, layout.numel)
 
     @staticmethod

@@ -269,6 +269,51 @@ def partition_parameter(
     return _layout_for_role("tensor", name, shape, axis, heads, reason="default")
 
 
+def shard_layout(layout: BlockLayout, name: str, start: int, stop: int) -> tuple[BlockLayout, int]:
+    """The blocks of rows ``[start, stop)`` of a parameter (a shard along the block axis) and the index of its first.
+
+    Rows count along the block axis as in :class:`BlockLayout` (elements for ``element`` blocks). A shard boundary
+    must fall between blocks (``spec/adam_mini.md``, "Sharded parameters").
+
+    Args:
+        layout: the whole parameter's layout.
+        name: the parameter's name, for the error message.
+        start: the shard's first row.
+        stop: one past its last row.
+
+    Returns:
+        The layout of the shard's rows (one empty segment for an empty shard) and the index, among the parameter's
+        blocks, of the shard's first block.
+
+    Raises:
+        ValueError: ``start`` or ``stop`` falls inside a block.
+
+    Example:
+        >>> layout = partition_parameter("layers.0.attn.k_proj.weight", (256, 512), heads=HeadConfig(8, 4))
+        >>> local, first = shard_layout(layout, "k_proj.weight", 128, 256)
+        >>> local.n_blocks, first
+        (2, 2)
+    """
+    segments, heights, first_block, offset = [], [], 0, 0
+    for rows, height in zip(layout.segment_rows, layout.rows_per_block):
+        low, high = max(start, offset), min(stop, offset + rows)
+        for boundary in {low, high} if low < high else set():
+            if (boundary - offset) % height:
+                raise ValueError(
+                    f"AdamMini: the sharding of {name} cuts a block of {height} rows (a head) at row {boundary}; "
+                    "shard it so that every rank holds whole heads (a dim-0 size divisible by the number of ranks "
+                    f"times {height}), or add a rule ('{name}', 'row')."
+                )
+        if low < high:
+            segments.append(high - low)
+            heights.append(height)
+        first_block += (min(max(start, offset), offset + rows) - offset) // height
+        offset += rows
+    if not segments:
+        segments, heights = [0], [1]
+    return BlockLayout(layout.role, layout.block_axis, tuple(segments), tuple(heights), layout.reason), first_block
+
+
 def summarize_partition(partition: dict[str, BlockLayout], max_names: int = 10) -> str:
     """One line: parameters and blocks per role, and the parameters that fell into ``tensor`` by default."""
     counts = {role: [0, 0] for role in ROLES}
@@ -294,5 +339,6 @@ __all__ = [
     "check_head_config",
     "check_rules",
     "partition_parameter",
+    "shard_layout",
     "summarize_partition",
 ]

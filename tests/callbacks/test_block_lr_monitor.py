@@ -29,12 +29,7 @@ ROLES = ("head", "row", "tensor", "element")
 LAYERS = ("net.0", "net.1", "net.2")  # Linear, TransformerEncoderLayer, Linear
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def summary(rates: list[torch.Tensor]) -> tuple[float, float, float]:

@@ -26,12 +26,7 @@ from tests.callbacks.helpers import (
 FIGURES = ("compression_error", "quantization_error", "ef_norm")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_logs_the_global_figures_at_the_steps_lightning_logs(tmp_path):

@@ -21,12 +21,7 @@ from tests.callbacks.helpers import (
 METRICS = {"optim/state_bytes", "optim/state_bytes_per_param", "optim/state_ratio_to_adamw"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_adamw_is_logged_once_at_eight_bytes_per_parameter(tmp_path):

@@ -20,12 +20,7 @@ from tests.callbacks.helpers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_occupancy_reaches_one_after_m_steps(tmp_path):

@@ -1,13 +1,8 @@
 """Shared fixtures of the LightningModule tests."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tests share two cores with other work: one thread each keeps them fast and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this folder runs on one torch thread (the fixture of tests/conftest.py)."""
