@@ -253,7 +253,7 @@ class MicroAdam(ExactStateOptimizer):
     def _step_parameter(
         self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool,
         row_weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor,
-    ) -> MicroAdamStatistics | None:
+    ) -> tuple[torch.Tensor, tuple[int, int, int]] | None:
         beta1, beta2 = (float(beta) for beta in group["betas"])
         lr = float(group["lr"])
         m, bucket_size = group["m"], group["quant_bucket_size"]
