@@ -1,5 +1,6 @@
 """The optimizers: plain ``torch.optim.Optimizer`` subclasses, usable without Lightning."""
 
+from lit_microopt.optim._common import check_gradients_finite, parameter_names
 from lit_microopt.optim.adam_mini import AdamMini
 from lit_microopt.optim.memory import optimizer_state_bytes, state_bytes_per_parameter
 from lit_microopt.optim.microadam import MicroAdam
@@ -10,7 +11,9 @@ __all__ = [
     "BlockLayout",
     "HeadConfig",
     "MicroAdam",
+    "check_gradients_finite",
     "optimizer_state_bytes",
+    "parameter_names",
     "partition_parameter",
     "state_bytes_per_parameter",
 ]

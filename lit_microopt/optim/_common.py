@@ -136,6 +136,19 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
             state["rounding_seed"].fill_(seed)
         return state
 
+    def initialize_state(self) -> None:
+        """Create the state the first ``step()`` would create, for every parameter that has none, changing nothing
+        else: on meta parameters it sizes the real state layout at any scale without allocating it.
+
+        Parameters without elements get no state, as in ``step()``.
+        """
+        position = 0  # seeds follow state_dict order, as in step()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if not self.state.get(param) and param.numel() > 0:
+                    self.state[param].update(self._new_state(param, group, seed=position))
+                position += 1
+
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
         """Raise ``ValueError`` naming the parameter and what differs when ``state_dict`` does not fit."""
         owner = type(self).__name__

@@ -81,8 +81,8 @@ def initialize_state(optimizer: torch.optim.Optimizer) -> None:
     With parameters on the meta device this sizes an optimizer's real state layout at any scale without
     allocating it: :func:`optimizer_state_bytes` then counts the meta tensors by their logical size.
 
-    - MicroAdam and AdamMini build each parameter's state from their own layout, the same code their first
-      step runs, on any device (zero-filled; parameters without elements are left without state).
+    - MicroAdam and AdamMini create it with their own :meth:`~lit_microopt.optim._common.ExactStateOptimizer.initialize_state`,
+      the same code their first step runs, on any device (zero-filled; parameters without elements get none).
     - Any other optimizer takes one step with its parameters on the meta device, where PyTorch computes shapes
       only: nothing is allocated and no parameter changes. Missing gradients are stood in for by empty meta
       tensors during that step and removed afterwards.
@@ -104,12 +104,7 @@ def initialize_state(optimizer: torch.optim.Optimizer) -> None:
     """
     params = [param for group in optimizer.param_groups for param in group["params"]]
     if isinstance(optimizer, ExactStateOptimizer):
-        position = 0  # seeds follow state_dict order, as in step()
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if not optimizer.state.get(param) and param.numel() > 0:
-                    optimizer.state[param].update(optimizer._new_state(param, group, seed=position))
-                position += 1
+        optimizer.initialize_state()
         return
     off_meta = [index for index, param in enumerate(params) if param.device.type != "meta"]
     if off_meta:

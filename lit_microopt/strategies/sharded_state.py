@@ -23,8 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lit_microopt.optim import AdamMini, MicroAdam
-from lit_microopt.optim._common import check_gradients_finite, parameter_names
+from lit_microopt.optim import AdamMini, MicroAdam, check_gradients_finite, parameter_names
 
 log = logging.getLogger(__name__)
 
