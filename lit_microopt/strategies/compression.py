@@ -218,7 +218,10 @@ def topk_compression_hook(state: TopKCompressionState, bucket: dist.GradBucket) 
     gathered = torch.empty(world * payload.numel(), dtype=torch.uint8, device=buffer.device)
     work = _all_gather_single(gathered, payload, group=group, async_op=True)
 
-    def average(_: torch.futures.Future) -> torch.Tensor:
+    def average(done: torch.futures.Future) -> torch.Tensor:
+        # value() raises the all-gather's error (a peer died or left): ``gathered`` was never written, and
+        # decoding it would index with, or add, whatever the memory held.
+        done.value()
         rows = gathered.view(world, -1)
         buffer.zero_()
         for rank in range(world):  # a rank's positions are distinct: each sum below is a plain, ordered add
