@@ -1,5 +1,5 @@
 // MicroAdam's per-element formulas and index arithmetic, shared by microadam_cpu.cpp and microadam_cuda.cu.
-// Each line mirrors lit_microopt/ops/reference/microadam.py (steps of spec/microadam.md). Products are
+// Each line mirrors lit_microopt/ops/reference/microadam.py (steps of docs/microadam.md). Products are
 // rounded before the following addition, as PyTorch's separate operations do: no fused multiply-add.
 #pragma once
 

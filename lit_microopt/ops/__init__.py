@@ -1,4 +1,4 @@
-"""The optimizers' ops, one function per op of ``spec/kernels.md``.
+"""The optimizers' ops, one function per op of ``docs/kernels.md``.
 
 Each function runs the compiled kernel for its tensors' device when it is built, else the pure-PyTorch
 reference of :mod:`lit_microopt.ops.reference` (see :mod:`lit_microopt.ops.dispatch` for the rules and the

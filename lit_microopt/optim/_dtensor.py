@@ -5,7 +5,7 @@ The optimizers step each rank's local shard with the same ops as a whole tensor.
 - MicroAdam: every rank compresses its own shard. The state is sized for the largest shard (a shorter one is
   padded with zeros while it steps), so that each state tensor is a DTensor of equal shards and saves and loads
   through ``torch.distributed.checkpoint`` like any sharded state.
-- Adam-mini (``spec/adam_mini.md``, "Sharded parameters"): a shard holds whole ``row`` and ``head`` blocks, whose
+- Adam-mini (``docs/adam_mini.md``, "Sharded parameters"): a shard holds whole ``row`` and ``head`` blocks, whose
   statistics stay local; blocks that the sharding cuts (``tensor`` blocks, the columns of a Hugging Face ``Conv1D``)
   get their statistics summed over the mesh. ``v`` is small and kept whole on every rank: after each step the ranks
   exchange the entries of the blocks they own, so that it stays the same everywhere.

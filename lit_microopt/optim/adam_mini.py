@@ -6,7 +6,7 @@ weights, one per output row for other matrices, one per tensor for norm scales, 
 numbers per block, so about 4 bytes per float32 parameter (2 with ``state_dtype=torch.bfloat16``), half of
 AdamW's 8.
 
-The algorithm and every detail are fixed by ``spec/adam_mini.md``; the maths of a step lives in the op
+The algorithm and every detail are fixed by ``docs/adam_mini.md``; the maths of a step lives in the op
 ``adam_mini_update_`` (:mod:`lit_microopt.ops.reference.adam_mini`), this module owns the constructor, the
 partition, the state and the order of the step.
 """

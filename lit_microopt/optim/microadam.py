@@ -1,7 +1,7 @@
 """MicroAdam (Modoranu et al., NeurIPS 2024): Adam statistics rebuilt at every step from a sliding window
 of Top-K sparse gradients, with the discarded part kept as 4-bit error feedback.
 
-The algorithm, every detail of its state and its step order are fixed by ``spec/microadam.md``; the maths of
+The algorithm, every detail of its state and its step order are fixed by ``docs/microadam.md``; the maths of
 each step lives in :mod:`lit_microopt.ops`, this module owns the constructor, the state and the order.
 """
 
@@ -167,7 +167,7 @@ class MicroAdam(ExactStateOptimizer):
 
     @staticmethod
     def expected_state_shapes(numel: int, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Shape and dtype of every state tensor of a parameter with ``numel`` elements (spec's table)."""
+        """Shape and dtype of every state tensor of a parameter with ``numel`` elements (``docs/microadam.md``)."""
         k = TopKLayout.of(numel, group["block_size"], group["density"]).k
         buckets = -(-numel // group["quant_bucket_size"])
         return {
@@ -211,7 +211,7 @@ class MicroAdam(ExactStateOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        """Take one optimization step (spec steps 1 to 7 for every parameter that has a gradient).
+        """Take one optimization step (steps 1 to 7 of ``docs/microadam.md`` for every parameter that has a gradient).
 
         Args:
             closure: re-evaluates the model and returns the loss (optional).
@@ -311,7 +311,7 @@ class MicroAdam(ExactStateOptimizer):
         row: int,
         filled: int,
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """The spec's telemetry for one parameter after its step, from the remainder ``r`` that steps 2 to 5
+        """The telemetry (``docs/microadam.md``) of one parameter after its step, from the remainder ``r`` that steps 2 to 5
         left in the accumulator: the sums as one float64 tensor on the parameter's device (read later, once for
         all parameters), and the counts.
 
@@ -366,7 +366,7 @@ class MicroAdam(ExactStateOptimizer):
         return telemetry
 
     def bytes_per_element(self, group_index: int = 0) -> float:
-        """The spec's state size for large tensors under a group's settings: ``4*m*density + 0.5 + 4/q``."""
+        """The state size (``docs/microadam.md``) of large tensors under a group's settings: ``4*m*density + 0.5 + 4/q``."""
         group = self.param_groups[group_index]
         return 4 * group["m"] * group["density"] + 0.5 + 4 / group["quant_bucket_size"]
 

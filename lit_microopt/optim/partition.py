@@ -1,7 +1,7 @@
 """Adam-mini's partition: which elements of a parameter share one second-moment value.
 
 Adam-mini keeps one ``v`` per *block* of a parameter. Every parameter gets one of four roles
-(``spec/adam_mini.md``), and the role fixes its blocks:
+(``docs/adam_mini.md``), and the role fixes its blocks:
 
 ========= ======================================================================================
 role      blocks
@@ -273,7 +273,7 @@ def shard_layout(layout: BlockLayout, name: str, start: int, stop: int) -> tuple
     """The blocks of rows ``[start, stop)`` of a parameter (a shard along the block axis) and the index of its first.
 
     Rows count along the block axis as in :class:`BlockLayout` (elements for ``element`` blocks). A shard boundary
-    must fall between blocks (``spec/adam_mini.md``, "Sharded parameters").
+    must fall between blocks (``docs/adam_mini.md``, "Sharded parameters").
 
     Args:
         layout: the whole parameter's layout.

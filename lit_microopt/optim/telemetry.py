@@ -1,7 +1,7 @@
 """The statistics that monitoring callbacks read from the optimizers, computed only when asked for.
 
 MicroAdam's statistics are kept as sums of squares and counts, so that the figures of several parameters add
-up to the global norm ratios the spec defines (``||a - TopK(a)|| / ||a||`` over all parameters, and so on).
+up to the global norm ratios ``docs/microadam.md`` defines (``||a - TopK(a)|| / ||a||`` over all parameters, and so on).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class MicroAdamStatistics:
         return self.support / self.numel if self.numel else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        """The five figures the spec names, by name."""
+        """The five figures ``docs/microadam.md`` names, by name."""
         return {
             "compression_error": self.compression_error,
             "quantization_error": self.quantization_error,

@@ -3,7 +3,7 @@
 Plain DDP all-reduces every gradient element. This hook sends, for each of DDP's gradient buckets, only the
 ``density`` largest entries of every block of ``block_size`` elements, as int16 block-relative indices and bfloat16
 values (4 bytes an entry). What Top-K leaves out is kept on the sending rank as a 4-bit error feedback and added to
-the next step's gradient, exactly as MicroAdam compresses its gradients (spec steps 2 to 5, the same ops). Every
+the next step's gradient, exactly as MicroAdam compresses its gradients (``docs/microadam.md``, steps 2 to 5). Every
 rank gathers the others' entries and averages them, so all ranks end the step with the same sparse gradient.
 
 At density 0.01 a float32 bucket of ``d`` elements costs each rank ``0.04 d`` bytes to send instead of ``4 d``;

@@ -1,4 +1,4 @@
-"""MicroAdam: the spec's consequences, state layout, saving and loading, bad inputs, telemetry, training."""
+"""MicroAdam: the consequences of docs/microadam.md, state layout, saving and loading, bad inputs, telemetry, training."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def assert_same_state(before: dict, optimizer: torch.optim.Optimizer) -> None:
             assert torch.equal(value, after[key][name]), name
 
 
-# -- the spec's consequences ------------------------------------------------------------------------------
+# -- the consequences of docs/microadam.md ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ef_rounding", ["nearest", "stochastic"])

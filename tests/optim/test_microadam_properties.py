@@ -42,7 +42,7 @@ def test_invariants(config):
         state = optimizer.state[param]
         filled = min(step, config["m"])
 
-        # The state has the spec's shapes and dtypes, and the step count is this parameter's.
+        # The state has the shapes of docs/microadam.md and dtypes, and the step count is this parameter's.
         for key, (shape, dtype) in optimizer.expected_state_shapes(param.numel(), optimizer.param_groups[0]).items():
             assert tuple(state[key].shape) == shape and state[key].dtype == dtype
         assert int(state["step"]) == step

@@ -1,4 +1,4 @@
-"""Adam-mini's partition: every parameter's role and block count on the model families the spec names."""
+"""Adam-mini's partition: every parameter's role and block count on the model families docs/adam_mini.md names."""
 
 from __future__ import annotations
 

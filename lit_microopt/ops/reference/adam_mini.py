@@ -1,6 +1,6 @@
 """The op ``adam_mini_update_``: one Adam-mini step of one parameter tensor, in pure PyTorch.
 
-Adam-mini (``spec/adam_mini.md``) is AdamW whose second moment ``v`` holds one float32 number per *block* of
+Adam-mini (``docs/adam_mini.md``) is AdamW whose second moment ``v`` holds one float32 number per *block* of
 the parameter. The blocks are given as plain integers (so that a compiled kernel can take the same
 arguments): the parameter is read as a matrix whose *rows* are split into blocks,
 
@@ -203,7 +203,7 @@ def adam_mini_update_(
     block_mean_sq: torch.Tensor | None = None,
     apply: Callable[..., None] | None = None,
 ) -> None:
-    """One Adam-mini step of ``param`` in place (``spec/adam_mini.md``, "One step").
+    """One Adam-mini step of ``param`` in place (``docs/adam_mini.md``, "One step").
 
     Args:
         param: the parameter (float32, bfloat16 or float16), updated in place.

@@ -1,9 +1,9 @@
 """MicroAdam's ops in pure PyTorch: the definition that the compiled kernels must match.
 
 Each op works on one flattened parameter tensor of ``d`` elements and follows a step of
-``spec/microadam.md`` (numbers in the comments). Vectorised throughout; the only Python loops run over
+``docs/microadam.md`` (numbers in the comments). Vectorised throughout; the only Python loops run over
 slices of at most :data:`SLICE_ELEMENTS` elements, made of whole Top-K blocks or whole quantization
-buckets, which keeps every temporary small whatever the tensor's size (the spec allows transients below
+buckets, which keeps every temporary small whatever the tensor's size (``docs/microadam.md`` allows transients below
 4 bytes per element; these stay at a few tens of MB).
 
 Layout reminders:
@@ -144,7 +144,7 @@ def block_topk(
     """Step 3: in every block keep the entries of largest ``|a|``; write their block-relative int16 indices and
     ``bf16(a)`` values into one window row, in position order within the block.
 
-    Ties go to the lowest positions (the spec allows any choice; this one makes every implementation keep the
+    Ties go to the lowest positions (the algorithm allows any choice; this one makes every implementation keep the
     same entries, which matters for bfloat16 gradients, whose values often tie).
     """
 
@@ -213,7 +213,7 @@ def ef_quantize_(
         bucket_min[buckets] = _round_outward_to_bfloat16(rows.amin(dim=1), down=True)
         bucket_max[buckets] = _round_outward_to_bfloat16(rows.amax(dim=1), down=False)
         low, unit = _bucket_units(bucket_min[buckets], bucket_max[buckets])
-        # u == 0 means lo == x == hi: dividing 0 by infinity gives the spec's code 0 without a branch.
+        # u == 0 means lo == x == hi: dividing 0 by infinity gives step 5's code 0 without a branch.
         unit = torch.where(unit > 0, unit, math.inf)
         scaled = (rows - low).div_(unit)
         if stochastic:
