@@ -12,8 +12,9 @@ from lit_microopt.models import CausalLM
 def load_causal_lm(checkpoint: str | Path, device: str | torch.device = "cpu") -> CausalLM:
     """The ``CausalLM`` saved in ``checkpoint``, with its tokenizer, in evaluation mode on ``device``.
 
-    The checkpoint's hyper-parameters rebuild the module (a ``pretrained`` model is read again, then overwritten
-    by the trained weights) and the tokenizer comes from the checkpoint itself.
+    The checkpoint holds all it needs: the model is built from the configuration saved in it and given the trained
+    weights, and the tokenizer comes from it too, so neither the ``pretrained`` folder nor a network is needed
+    (checkpoints written before lit_microopt saved the configuration read their ``pretrained`` folder again).
 
     Args:
         checkpoint: a ``.ckpt`` file written by Lightning while training a ``CausalLM``.

@@ -18,30 +18,24 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from lit_microopt.models.hf_loading import (
-    load_model,
-    load_tokenizer,
-    load_tokenizer_if_present,
-    same_vocabulary,
-    tokenizer_from_files,
-    tokenizer_to_files,
-)
+from lit_microopt.models.checkpointing import SelfContainedCheckpoint
+from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
 from lit_microopt.models.metrics import reset_outside_inference_mode
 from lit_microopt.models.optimization import OptimizerFromConfig
 
 IGNORE_INDEX = -100
-TOKENIZER_CHECKPOINT_KEY = "tokenizer_files"
 
 
-class CausalLM(OptimizerFromConfig, pl.LightningModule):
+class CausalLM(SelfContainedCheckpoint, OptimizerFromConfig, pl.LightningModule):
     """A Hugging Face causal LM with answer-only loss, perplexity and exact match of greedy answers.
 
     Batches are those of the package's causal-LM data modules: ``input_ids``, ``attention_mask`` and ``labels``
     for the loss; ``prompt_ids``, ``prompt_attention_mask`` and ``answers`` for exact match.
 
     The tokenizer comes from ``tokenizer``, else from the ``pretrained`` folder, else from the data module
-    (the arithmetic one builds its own). It is saved in every checkpoint, so
-    ``CausalLM.load_from_checkpoint(path).tokenizer`` works without the data.
+    (the arithmetic one builds its own). Every checkpoint holds it and the model's configuration, so
+    ``CausalLM.load_from_checkpoint(path)`` works without the data, the ``pretrained`` folder or a network
+    (see :mod:`lit_microopt.models.checkpointing`).
 
     Args:
         optimizer: builds the optimizer from named parameters (a YAML ``class_path`` / ``init_args`` block);
@@ -126,14 +120,6 @@ class CausalLM(OptimizerFromConfig, pl.LightningModule):
                 f"CausalLM: the tokenizer has {len(self.tokenizer)} tokens but the model only {vocabulary} embeddings; "
                 "use the tokenizer the model was trained with, or a config with a larger vocab_size."
             )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.tokenizer is not None:
-            checkpoint[TOKENIZER_CHECKPOINT_KEY] = tokenizer_to_files(self.tokenizer)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.tokenizer is None and TOKENIZER_CHECKPOINT_KEY in checkpoint:
-            self.tokenizer = tokenizer_from_files(checkpoint[TOKENIZER_CHECKPOINT_KEY])
 
     # -- training --------------------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ def resolve_pretrained(name: str) -> str:
     """The folder or Hub name to load ``name`` from.
 
     An existing folder is used as is; ``lit_microopt/...`` is also looked up inside the installed package
-    (the quickstart's base model works from any directory); any other path-like name that is not a folder
-    is an error here rather than a failed download later.
+    (the quickstart's base model works from any directory). Any other name that looks like a path (see
+    :func:`looks_local`) and is not a folder is an error here, at once, rather than a failed download after
+    the Hub client's retries (about a minute without a network).
 
     Raises:
         FileNotFoundError: ``name`` looks like a path and no such folder exists.
@@ -42,12 +43,30 @@ def resolve_pretrained(name: str) -> str:
     packaged = PACKAGE_ROOT.parent / name
     if name.startswith(f"{PACKAGE_ROOT.name}/") and packaged.is_dir():
         return str(packaged)
-    if path.exists() or not HUB_NAME.match(name):
+    if path.exists() or looks_local(name):
         raise FileNotFoundError(
             f"pretrained folder {name!r} does not exist (relative paths start at {Path.cwd()}); "
             "give an existing model folder or a Hugging Face Hub name such as 'meta-llama/Llama-2-7b-hf'."
         )
     return name
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hugging Face Hub name.
+
+    Hub names are ``name`` or ``organisation/name`` (letters, digits, ``_``, ``.``, ``-``), so a name is a path
+    when it is not of that form (it starts with ``.``, ``/`` or ``~``, has two slashes or a backslash, ...) or
+    when its first part is a folder of the current directory: ``runs/base`` where ``runs/`` exists is a
+    mistyped or missing folder, not a model to download.
+
+    Example:
+        >>> looks_local("meta-llama/Llama-2-7b-hf"), looks_local("./base"), looks_local("models/tiny/v2")
+        (False, True, True)
+    """
+    if not HUB_NAME.match(name):
+        return True
+    first, _, rest = name.partition("/")
+    return bool(rest) and Path(first).is_dir()
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:

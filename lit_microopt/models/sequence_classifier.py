@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import AutoModelForSequenceClassification
 
+from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
 from lit_microopt.models.metrics import reset_outside_inference_mode
 from lit_microopt.models.optimization import OptimizerFromConfig
@@ -22,10 +23,12 @@ from lit_microopt.models.optimization import OptimizerFromConfig
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class SequenceClassifier(OptimizerFromConfig, pl.LightningModule):
+class SequenceClassifier(SelfContainedCheckpoint, OptimizerFromConfig, pl.LightningModule):
     """A Hugging Face sequence classifier (``AutoModelForSequenceClassification``) with loss and accuracy.
 
     The tokenizer comes from ``tokenizer``, else from the ``pretrained`` folder, else from the data module.
+    Every checkpoint holds it and the model's configuration, so ``SequenceClassifier.load_from_checkpoint(path)``
+    works without the ``pretrained`` folder or a network (see :mod:`lit_microopt.models.checkpointing`).
 
     Args:
         optimizer: builds the optimizer from named parameters (a YAML ``class_path`` / ``init_args`` block);
