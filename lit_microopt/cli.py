@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningCLI
 
+import lit_microopt.strategies  # noqa: F401  (registers the strategy names: --trainer.strategy microopt_ddp)
 from lit_microopt.data.records import DataFormatError
 from lit_microopt.models.optimization import OptimizerFromConfig
 
