@@ -5,9 +5,9 @@
 - :func:`evaluate_checkpoint` and :func:`export_checkpoint`: the ``eval`` and ``export`` commands;
 - ``configs/tasks/``: the quickstart's held-out sums as lm-eval tasks (:mod:`.arithmetic_tasks` makes their data).
 
-Importing this package (``import lit_microopt`` does) registers ``lit_microopt`` in lm-eval's model registry as
-a name to import on first use: registering reads no model code, so it costs a few milliseconds. The names
-above are imported when first used too, so that ``import lit_microopt`` stays as fast as it was.
+Importing this package (the ``eval`` command and :class:`LMEvalCallback` do; ``import lit_microopt`` does not)
+registers ``lit_microopt`` in lm-eval's model registry as a name to import on first use: registering reads no
+model code, so it costs a few milliseconds. The names above are imported when first used too.
 """
 
 from __future__ import annotations

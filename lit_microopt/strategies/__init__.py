@@ -1,6 +1,7 @@
 """Training on several processes and machines: Lightning's DDP with sharded optimizer state and compressed gradients.
 
-Importing this package (``import lit_microopt`` does) registers :class:`MicroOptDDPStrategy` in Lightning's
+Importing this package (``python -m lit_microopt`` does; ``import lit_microopt`` alone does not) registers
+:class:`MicroOptDDPStrategy` in Lightning's
 ``StrategyRegistry`` as ``microopt_ddp``, ``microopt_ddp_spawn``, ``microopt_ddp_sharded`` and
 ``microopt_ddp_compressed``, so that ``Trainer(strategy="microopt_ddp")`` and ``--trainer.strategy microopt_ddp``
 work.
