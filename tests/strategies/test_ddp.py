@@ -9,7 +9,6 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import StrategyRegistry
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-import lit_microopt  # noqa: F401 - registers the strategy names
 from lit_microopt.strategies import MicroOptDDPStrategy, TopKCompression, topk_compression_hook
 
 
