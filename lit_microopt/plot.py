@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_microopt._extras import require_extra
+
 #: AdamW's state with float32 moments, in bytes per parameter: the reference line of ``memory.png``.
 ADAMW_FLOAT32_BYTES_PER_PARAMETER = 8
 ROLES = ("head", "row", "tensor", "element")

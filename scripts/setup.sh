@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set-up on a fresh machine: a virtual environment in .venv with PyTorch, lit_microopt (editable, its C++ and,
-# where possible, CUDA kernels compiled) and the test tools. Safe to run again.
+# Set-up on a fresh machine: a virtual environment in .venv with PyTorch, lit_microopt with every extra (editable,
+# its C++ and, where possible, CUDA kernels compiled) and the test tools: what the README's two commands need.
+# Safe to run again.
 #   TORCH_VERSION  the PyTorch release (default 2.14.1, the CUDA 13.0 build, which also runs on CPU-only
 #                  machines and lets the CUDA kernels compile; 2.13.0 is a small CPU-only build)
 #   PYTHON         the interpreter that creates the environment (default python3, 3.10 or newer)
@@ -26,5 +27,5 @@ fi
 if [ -n "${CUDA_HOME:-}" ] && .venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
   export LIT_MICROOPT_BUILD_CUDA=${LIT_MICROOPT_BUILD_CUDA:-1}
 fi
-"${pip[@]}" --no-build-isolation -e ".[test]"
+"${pip[@]}" --no-build-isolation -e ".[all,test]"
 .venv/bin/python -c "from lit_microopt import ops; print(ops.kernels_report())"

@@ -1,4 +1,11 @@
-"""LightningDataModules: synthetic arithmetic, instruction (question / answer) data and text classification."""
+"""LightningDataModules: synthetic arithmetic, instruction (question / answer) data and text classification.
+
+Their tokenizers and Hub datasets are Hugging Face's: this package needs the ``[hf]`` extra.
+"""
+
+from lit_microopt._extras import require_extra
+
+require_extra("hf", "transformers")
 
 from lit_microopt.data.arithmetic import ArithmeticDataModule
 from lit_microopt.data.char_tokenizer import build_char_tokenizer

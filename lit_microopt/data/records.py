@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_microopt._extras import require_extra
+
 logger = logging.getLogger(__name__)
 
 

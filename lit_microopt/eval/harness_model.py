@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from lit_microopt._extras import require_extra
+
+require_extra("eval")  # lm-eval and transformers, imported below
+
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window

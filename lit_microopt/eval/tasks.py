@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_microopt._extras import require_extra
+
+require_extra("eval", "lm_eval")  # imported where used: lm-eval takes seconds to import
+
 #: The repository's root in a source checkout (``pip install -e``): where ``configs/tasks`` is found from anywhere.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 #: Close names offered for an unknown task.
