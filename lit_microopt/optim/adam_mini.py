@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 _NAMES_NEEDED = (
     "AdamMini needs parameter names to find attention heads and biases; pass model.named_parameters(), "
     "param groups whose 'params' are (name, tensor) pairs or that carry 'param_names', or use "
-    "AdamMini.from_model(model)."
+    "AdamMini.from_model(model) (with transformers.Trainer, pass optimizer_cls_and_kwargs=(AdamMiniForTrainer, "
+    "{...}) from lit_microopt.hf_trainer, see docs/hf_trainer.md)."
 )
 
 
