@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_microopt.callbacks._monitor import OptimizerMonitor, logging_step
 from lit_microopt.callbacks._optimizers import layer_of, param_group_names
-from lit_microopt.optim import AdamMini, partition_parameter
+from lit_microopt.optim import AdamMini, parameter_modules, partition_parameter
 
 #: Spreads sample positions over a tensor without following its rows (see :func:`spread_sample`).
 GOLDEN_RATIO_FRACTION = (math.sqrt(5) - 1) / 2

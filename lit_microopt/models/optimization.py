@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable, ReduceLROnPlateau
 
 from lit_microopt.optim.adam_mini import AdamMini
+from lit_microopt.optim.partition import HeadConfig, parameter_modules
 
 HEAD_ARGUMENTS = ("n_heads", "n_kv_heads", "head_dim")
 

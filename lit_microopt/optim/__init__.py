@@ -13,6 +13,7 @@ __all__ = [
     "MicroAdam",
     "check_gradients_finite",
     "optimizer_state_bytes",
+    "parameter_modules",
     "parameter_names",
     "partition_parameter",
     "state_bytes_per_parameter",

@@ -41,6 +41,7 @@ from lit_microopt.optim.partition import (
     HeadConfig,
     check_head_config,
     check_rules,
+    parameter_modules,
     partition_parameter,
     summarize_partition,
 )
