@@ -74,6 +74,7 @@ def _matching(metrics: dict[str, Series], pattern: str) -> dict[str, Series]:
 
 def _figure(rows: int, columns: int = 1, height: float = 3.0) -> tuple[Any, Any]:
     # matplotlib.figure.Figure draws without pyplot, so no GUI backend or global state is involved.
+    require_extra("plot", "matplotlib")
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, height * rows), layout="constrained")

@@ -172,10 +172,7 @@ class BlockLRMonitor(OptimizerMonitor):
             ]
         # Adam keeps no names: take them, and the modules that tell a Hugging Face Conv1D apart, from the model.
         names = {id(param): name for name, param in pl_module.named_parameters()}
-        modules = {}
-        for module_name, module in pl_module.named_modules():
-            for param_name, _ in module.named_parameters(recurse=False):
-                modules[f"{module_name}.{param_name}" if module_name else param_name] = module
+        modules = parameter_modules(pl_module)
         found = []
         for group_index, group in enumerate(optimizer.param_groups):
             given = group.get("param_names")

@@ -138,6 +138,7 @@ def load_dataset_split(
         >>> fields = {"question": (str,), "answer": (str,)}
         >>> rows = load_dataset_split("openai/gsm8k", "main", "test", fields)  # doctest: +SKIP
     """
+    require_extra("hf", "datasets")
     import datasets  # imported here: it is slow to import and only needed for Hub datasets
 
     dataset = datasets.load_dataset(name, config_name, split=split)

@@ -71,20 +71,9 @@ def adam_mini_model_arguments(model: torch.nn.Module, configured: dict[str, Any]
     arguments: dict[str, Any] = {}
     config = getattr(model, "config", None)
     if config is not None and all(configured.get(key) is None for key in HEAD_ARGUMENTS):
-        n_heads = getattr(config, "num_attention_heads", None)
-        n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-        head_dim = getattr(config, "head_dim", None)
-        hidden = getattr(config, "hidden_size", None)
-        if head_dim is None and isinstance(n_heads, int) and isinstance(hidden, int):
-            head_dim = hidden // n_heads
-        found = zip(HEAD_ARGUMENTS, (n_heads, n_kv_heads, head_dim))
-        arguments.update({key: value for key, value in found if isinstance(value, int)})
+        arguments.update(HeadConfig.from_hf_config(config).as_arguments())
     if configured.get("modules") is None:
-        arguments["modules"] = {
-            f"{module_name}.{name}" if module_name else name: module
-            for module_name, module in model.named_modules()
-            for name, _ in module.named_parameters(recurse=False)
-        }
+        arguments["modules"] = parameter_modules(model)
     return arguments
 
 

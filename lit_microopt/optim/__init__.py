@@ -4,7 +4,7 @@ from lit_microopt.optim._common import check_gradients_finite, parameter_names
 from lit_microopt.optim.adam_mini import AdamMini
 from lit_microopt.optim.memory import optimizer_state_bytes, state_bytes_per_parameter
 from lit_microopt.optim.microadam import MicroAdam
-from lit_microopt.optim.partition import BlockLayout, HeadConfig, partition_parameter
+from lit_microopt.optim.partition import BlockLayout, HeadConfig, parameter_modules, partition_parameter
 
 __all__ = [
     "AdamMini",

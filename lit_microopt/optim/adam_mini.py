@@ -202,22 +202,9 @@ class AdamMini(ExactStateOptimizer):
             72
         """
         config = getattr(model, "config", None)
-        head_arguments = ("n_heads", "n_kv_heads", "head_dim")
-        if config is not None and not any(key in kwargs for key in head_arguments):
-            n_heads = getattr(config, "num_attention_heads", None)
-            n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-            head_dim = getattr(config, "head_dim", None)
-            hidden = getattr(config, "hidden_size", None)
-            if head_dim is None and isinstance(n_heads, int) and isinstance(hidden, int):
-                head_dim = hidden // n_heads
-            for key, value in zip(head_arguments, (n_heads, n_kv_heads, head_dim)):
-                if isinstance(value, int):
-                    kwargs[key] = value
-        modules = {}
-        for module_name, module in model.named_modules():
-            for param_name, _ in module.named_parameters(recurse=False):
-                modules.setdefault(f"{module_name}.{param_name}" if module_name else param_name, module)
-        kwargs.setdefault("modules", modules)
+        if config is not None and not any(key in kwargs for key in ("n_heads", "n_kv_heads", "head_dim")):
+            kwargs.update(HeadConfig.from_hf_config(config).as_arguments())
+        kwargs.setdefault("modules", parameter_modules(model))
         return cls(model.named_parameters(), **kwargs)
 
     # -- parameters and partition ----------------------------------------------------------------

@@ -60,6 +60,39 @@ class HeadConfig:
     def kv_heads(self) -> int | None:
         return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
 
+    @classmethod
+    def from_hf_config(cls, config: Any) -> HeadConfig:
+        """The geometry a Hugging Face config gives, ``None`` where it gives none: ``num_attention_heads``,
+        ``num_key_value_heads`` (default: the number of heads) and ``head_dim`` (default:
+        ``hidden_size // num_attention_heads``). The one place the package reads head counts from a config.
+        """
+
+        def integer(key: str) -> int | None:
+            value = getattr(config, key, None)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        n_heads = integer("num_attention_heads")
+        n_kv_heads = integer("num_key_value_heads") or n_heads
+        head_dim, hidden = integer("head_dim"), integer("hidden_size")
+        if head_dim is None and n_heads and hidden is not None:
+            head_dim = hidden // n_heads
+        return cls(n_heads, n_kv_heads, head_dim)
+
+    def as_arguments(self) -> dict[str, int]:
+        """The known values as ``AdamMini`` keyword arguments (``n_heads``, ``n_kv_heads``, ``head_dim``)."""
+        values = {"n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+def parameter_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every parameter's owning module, by the parameter's name in ``model.named_parameters()``: what tells a
+    Hugging Face ``Conv1D`` or an ``nn.MultiheadAttention`` apart from a plain weight."""
+    modules: dict[str, torch.nn.Module] = {}
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            modules.setdefault(f"{module_name}.{name}" if module_name else name, module)
+    return modules
+
 
 @dataclass(frozen=True)
 class BlockLayout:
@@ -339,6 +372,7 @@ __all__ = [
     "HeadConfig",
     "check_head_config",
     "check_rules",
+    "parameter_modules",
     "partition_parameter",
     "shard_layout",
     "summarize_partition",
