@@ -8,7 +8,10 @@ dtype, after the subclass has checked that the saved state fits the parameters.
 
 from __future__ import annotations
 
+import copy
+import math
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,8 +33,9 @@ def check_common_hyperparameters(owner: str, group: dict[str, Any], where: str =
         if lr.numel() != 1:
             raise ValueError(f"{owner}: lr{where} must be a number or a one-element tensor, got shape {tuple(lr.shape)}.")
         lr = lr.item()
-    if not lr >= 0.0:
-        raise ValueError(f"{owner}: lr{where} must be >= 0, got {lr}.")
+    # NaN fails every comparison; inf passes ">= 0" but turns the first step into NaN parameters.
+    if not (lr >= 0.0 and math.isfinite(lr)):
+        raise ValueError(f"{owner}: lr{where} must be >= 0 and finite, got {lr}.")
     betas = group["betas"]
     if not (isinstance(betas, Sequence) and len(betas) == 2):
         raise ValueError(f"{owner}: betas{where} must be a pair (beta1, beta2), got {betas!r}.")
@@ -40,8 +44,9 @@ def check_common_hyperparameters(owner: str, group: dict[str, Any], where: str =
             raise ValueError(f"{owner}: betas[{index}]{where} must be in [0, 1), got {beta}.")
     if not float(group["eps"]) >= 0.0:
         raise ValueError(f"{owner}: eps{where} must be >= 0, got {group['eps']}.")
-    if not float(group["weight_decay"]) >= 0.0:
-        raise ValueError(f"{owner}: weight_decay{where} must be >= 0, got {group['weight_decay']}.")
+    weight_decay = float(group["weight_decay"])
+    if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
+        raise ValueError(f"{owner}: weight_decay{where} must be >= 0 and finite, got {group['weight_decay']}.")
 
 
 def check_gradient_types(owner: str, named_gradients: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -101,6 +106,45 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
 
     #: State keys kept on the CPU whatever the parameter's device (step counts and seeds: read without a sync).
     host_state_keys: tuple[str, ...] = ("step", "rounding_seed")
+    #: Instance attributes that pickling and ``copy.deepcopy`` keep besides torch's ``defaults``, ``state`` and
+    #: ``param_groups`` (torch's ``__getstate__`` keeps only those three, and a copy without these cannot step).
+    pickled_attributes: tuple[str, ...] = ("check_finite",)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: self.__dict__[name] for name in self.pickled_attributes if name in self.__dict__})
+        return state
+
+    def _reject_repeated_parameters(self, param_group: dict[str, Any], where: str) -> dict[str, Any]:
+        """``param_group`` with its ``params`` as a list; ``ValueError`` naming a tensor that it holds twice or that
+        another group already holds (an optimizer would step it twice, and torch only warns or names no tensor)."""
+        params = param_group["params"]
+        if isinstance(params, (set, frozenset)):
+            return param_group  # torch refuses unordered collections with its own message
+        items = [params] if isinstance(params, torch.Tensor) else list(params)
+        given_names = param_group.get("param_names")
+        held = {id(param): name for param, name in zip(
+            (param for group in self.param_groups for param in group["params"]), parameter_names(self))}
+        seen: dict[int, str] = {}
+        for index, item in enumerate(items):
+            is_named = isinstance(item, tuple) and len(item) == 2
+            tensor = item[1] if is_named else item
+            if not isinstance(tensor, torch.Tensor):
+                continue  # torch's own check names what is not a tensor
+            name = item[0] if is_named else (
+                given_names[index] if given_names and index < len(given_names) else f"params[{index}]")
+            if id(tensor) in seen:
+                raise ValueError(
+                    f"{type(self).__name__}: {name}{where} is the same tensor as {seen[id(tensor)]}; pass every "
+                    "parameter once."
+                )
+            if id(tensor) in held:
+                raise ValueError(
+                    f"{type(self).__name__}: {name}{where} is already in the optimizer as {held[id(tensor)]}; put "
+                    "every parameter in one param group only."
+                )
+            seen[id(tensor)] = name
+        return {**param_group, "params": items}
 
     def _parameters_with_gradients(self) -> list[tuple[int, str, torch.Tensor, int]]:
         """(group index, name, parameter, position in ``state_dict`` order) of every parameter with a gradient,
@@ -150,7 +194,8 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
                 position += 1
 
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming the parameter and what differs when ``state_dict`` does not fit."""
+        """Raise ``ValueError`` naming the parameter and what differs when ``state_dict`` does not fit, or when a
+        value could not have come from a step (see :meth:`_check_loaded_values`)."""
         owner = type(self).__name__
         names = iter(parameter_names(self))
         for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
@@ -168,18 +213,72 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
                     )
                 for key, (shape, dtype) in expected.items():
                     value = saved_state[key]
-                    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
-                        found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+                    if key in self.host_state_keys:
+                        self._check_counter(name, key, value)
+                    elif not isinstance(value, torch.Tensor):
+                        raise ValueError(f"{owner}: the saved {key} of {name} is {value!r}, not a tensor; {fix}")
+                    elif tuple(value.shape) != shape:
                         raise ValueError(
-                            f"{owner}: the saved {key} of {name} is {found}, but this optimizer needs {dtype} {shape}; {fix}"
+                            f"{owner}: the saved {key} of {name} is {value.dtype} {tuple(value.shape)}, but this "
+                            f"optimizer needs {dtype} {shape}; {fix}"
                         )
+                    elif value.dtype != dtype:
+                        raise ValueError(
+                            f"{owner}: the saved {key} of {name} is {value.dtype} {shape}, but this optimizer needs "
+                            f"{dtype} {shape}; {self._dtype_fix(key)}"
+                        )
+                self._check_loaded_values(name, param, group, saved_state)
+
+    def _check_counter(self, name: str, key: str, value: Any) -> None:
+        """A step count or seed is a whole number (a Python number, as older dicts hold it, or a 0-d tensor);
+        a step count is also >= 0."""
+        if isinstance(value, torch.Tensor):
+            number = value.item() if value.numel() == 1 and not value.is_complex() else None
+        else:
+            number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        whole = number is not None and math.isfinite(number) and number == int(number)
+        if not whole or (key == "step" and number < 0):
+            need = "a whole number >= 0" if key == "step" else "a whole number"
+            raise ValueError(
+                f"{type(self).__name__}: the saved {key} of {name} is {value!r}, but it must be {need}; "
+                "load a state dict saved by this optimizer's state_dict()."
+            )
+
+    def _dtype_fix(self, key: str) -> str:
+        """The end of the message when a saved state tensor has another dtype than this optimizer keeps."""
+        return "state_dict() keeps every dtype: load the dict it saved without converting its tensors."
+
+    def _check_loaded_values(self, name: str, param: torch.Tensor, group: dict[str, Any], saved_state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` when a saved value, though of the right shape and dtype, is one that no step writes
+        (a corrupted checkpoint). The subclasses check what their kernels rely on; the shapes are already checked."""
+
+    def _restored_value(self, param: torch.Tensor, key: str, value: Any) -> Any:
+        """A saved state entry as the optimizer keeps it: a copy with its own dtype, on the parameter's device (host
+        keys on the CPU); a step count or seed saved as a Python number becomes an int64 tensor."""
+        if key in self.host_state_keys:
+            if not isinstance(value, torch.Tensor):
+                return torch.tensor(int(value), dtype=torch.int64)
+            return value.detach().to(device="cpu", dtype=torch.int64, copy=True)
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(device=param.device, copy=True)
+        return value
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by ``state_dict()``; every tensor keeps its saved dtype.
 
+        As in ``torch.optim.Optimizer``: the load-state-dict pre-hooks run first, and the dict they return (if any)
+        is the one checked and loaded; the post-hooks run last, once the state is in place. Nothing changes when
+        the dict does not fit.
+
         Raises:
-            ValueError: the state was saved by a differently configured optimizer or for other parameters.
+            ValueError: the state was saved by a differently configured optimizer or for other parameters, or holds
+                a value that no step writes (the message names the parameter and the entry).
         """
+        state_dict = state_dict.copy()  # shallow, as torch: a hook may replace entries without touching the caller's
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         if len(state_dict["param_groups"]) != len(self.param_groups) or any(
             len(saved["params"]) != len(group["params"])
             for saved, group in zip(state_dict["param_groups"], self.param_groups)
@@ -189,18 +288,24 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
                 "than this optimizer; build the optimizer from the same model and groups as the saved one."
             )
         self._check_loaded_state(state_dict)
-        super().load_state_dict(state_dict)
-        # PyTorch cast floating state to each parameter's dtype: put back the saved tensors, dtypes intact.
-        params = [p for group in self.param_groups for p in group["params"]]
-        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        for param, saved_id in zip(params, saved_ids):
-            saved_state = state_dict["state"].get(saved_id)
-            if saved_state is None:
-                continue
-            restored = {}
-            for key, value in saved_state.items():
-                if isinstance(value, torch.Tensor):
-                    device = "cpu" if key in self.host_state_keys else param.device
-                    value = value.detach().to(device=device, copy=True)
-                restored[key] = value
-            self.state[param] = restored
+
+        # torch's loading casts floating state to each parameter's dtype, which would corrupt this state: the
+        # same steps, with every tensor kept as saved.
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
+        params_by_saved_id = {
+            saved_id: param
+            for saved, group in zip(saved_groups, self.param_groups)
+            for saved_id, param in zip(saved["params"], group["params"])
+        }
+        state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
+        for saved_id, saved_state in state_dict["state"].items():
+            param = params_by_saved_id.get(saved_id)
+            if param is None:  # not a parameter's state: kept as it is, as torch does
+                state[saved_id] = saved_state
+            else:
+                state[param] = {key: self._restored_value(param, key, value) for key, value in saved_state.items()}
+        # A saved group's settings win; settings an older dict lacks (and the names) stay this optimizer's.
+        param_groups = [{**group, **saved, "params": group["params"]} for group, saved in zip(self.param_groups, saved_groups)]
+        self.__setstate__({"state": state, "param_groups": param_groups})
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)

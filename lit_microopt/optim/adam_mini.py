@@ -36,6 +36,7 @@ from lit_microopt.optim._dtensor import (
     sum_spanning_statistics,
     zeros_like_sharded,
 )
+from lit_microopt.optim._validation import LoadedStateCheck
 from lit_microopt.optim.partition import (
     BlockLayout,
     HeadConfig,
@@ -57,19 +58,26 @@ _NAMES_NEEDED = (
 
 
 def _drop_repeated_tensors(param_group: dict[str, Any]) -> dict[str, Any]:
-    """``param_group`` with every tensor kept once, under its first name (tied weights)."""
+    """``param_group`` with every tensor kept once, under its first name (tied weights).
+
+    A tensor repeated under the same name is a mistake, not a tie: ``ValueError`` naming it.
+    """
     params = param_group["params"]
     if isinstance(params, (set, frozenset)):
         return param_group  # PyTorch rejects unordered collections with its own message
     items = [params] if isinstance(params, torch.Tensor) else list(params)
     names = param_group.get("param_names")
-    seen: set[int] = set()
+    first_names: dict[int, str | None] = {}
     kept, kept_names = [], []
     for index, item in enumerate(items):
-        tensor = item[1] if isinstance(item, tuple) and len(item) == 2 else item
-        if id(tensor) in seen:
+        is_named = isinstance(item, tuple) and len(item) == 2
+        tensor = item[1] if is_named else item
+        name = item[0] if is_named else (names[index] if names is not None and index < len(names) else None)
+        if id(tensor) in first_names:
+            if name is not None and name == first_names[id(tensor)]:
+                raise ValueError(f"AdamMini: {name} is given twice; pass every parameter once.")
             continue
-        seen.add(id(tensor))
+        first_names[id(tensor)] = name
         kept.append(item)
         if names is not None and index < len(names):
             kept_names.append(names[index])
@@ -213,7 +221,7 @@ class AdamMini(ExactStateOptimizer):
         """Add a named param group; its hyper-parameters are checked and its parameters partitioned."""
         where = f" in param group {len(self.param_groups)}"
         check_common_hyperparameters("AdamMini", {**self.defaults, **param_group}, where)
-        super().add_param_group(_drop_repeated_tensors(param_group))
+        super().add_param_group(self._reject_repeated_parameters(_drop_repeated_tensors(param_group), where))
         group = self.param_groups[-1]
         try:
             names = group.get("param_names")
@@ -244,6 +252,9 @@ class AdamMini(ExactStateOptimizer):
             logger.info(summarize_partition(added))
 
     # -- state ---------------------------------------------------------------------------------------
+
+    pickled_attributes = ("heads", "rules", "state_dtype", "check_finite", "_modules_by_name", "partition", "_layouts",
+                          "_shard_blocks", "_constructed")
 
     def _moment_dtype(self, param: torch.Tensor) -> torch.dtype:
         return self.state_dtype or param.dtype
@@ -284,6 +295,18 @@ class AdamMini(ExactStateOptimizer):
         return (f"this parameter has role {layout.role} with {layout.n_blocks} blocks; build the optimizer with the "
                 "n_heads, n_kv_heads, head_dim, rules and state_dtype the state was saved with.")
 
+    def _dtype_fix(self, key: str) -> str:
+        if key == "exp_avg":
+            return "build the optimizer with the state_dtype the state was saved with."
+        return super()._dtype_fix(key)
+
+    def _check_loaded_values(self, name: str, param: torch.Tensor, group: dict[str, Any], saved_state: dict[str, Any]) -> None:
+        """A non-finite moment, or a negative second moment, turns the next step into NaN parameters."""
+        check = LoadedStateCheck("AdamMini", name)
+        check.finite("exp_avg", local_tensor(saved_state["exp_avg"]))
+        check.finite("exp_avg_sq", saved_state["exp_avg_sq"])
+        check.non_negative("exp_avg_sq", saved_state["exp_avg_sq"])
+
     # -- the step --------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -301,7 +324,18 @@ class AdamMini(ExactStateOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update_parameters()
+        return loss
 
+    @torch.compiler.disable
+    def _update_parameters(self) -> None:
+        """One step of every parameter that has a gradient.
+
+        Under ``torch.compile`` this runs eagerly, behind one graph break: each parameter's step count and bias
+        corrections are Python numbers, new at every step, and every parameter shape would be traced anew, so a
+        traced step would recompile at every step until dynamo's recompile limit, for no fusion the update's
+        kernels do not already have.
+        """
         work = [(self.param_groups[index], name, param, position)
                 for index, name, param, position in self._parameters_with_gradients()]
         # The block statistics read only the gradients: computing them first lets a non-finite gradient stop
@@ -341,7 +375,6 @@ class AdamMini(ExactStateOptimizer):
                 block_mean_sq=block_mean_sq,
             )
         share_local_blocks(owned_blocks)
-        return loss
 
     def _local_layout(self, param: torch.Tensor) -> BlockLayout:
         """The blocks this rank steps: the parameter's, or its local shard's for a DTensor."""

@@ -23,10 +23,12 @@ from lit_microopt.optim._dtensor import (
     check_gradients_finite_everywhere,
     is_dtensor,
     local_state,
+    local_tensor,
     new_sharded_state,
     padded_local_numel,
     sharded_state_shapes,
 )
+from lit_microopt.optim._validation import LoadedStateCheck
 from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry
 
 #: Hyper-parameters that shape the state: a saved state only fits an optimizer with the same values.
@@ -100,7 +102,8 @@ class MicroAdam(ExactStateOptimizer):
             infinity (one device sync per step). Pass ``False`` when a ``GradScaler`` owns that check.
 
     Raises:
-        ValueError: a hyper-parameter is out of range (the message names it and the range).
+        ValueError: a hyper-parameter is out of range (the message names it and the range), or a parameter is
+            given twice.
         TypeError: a parameter's dtype is not float32, bfloat16 or float16.
 
     Example:
@@ -137,10 +140,13 @@ class MicroAdam(ExactStateOptimizer):
         self.telemetry: MicroAdamTelemetry | None = None
         super().__init__(params, defaults)
 
+    pickled_attributes = ("check_finite", "telemetry", "_telemetry_requested")
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its own hyper-parameters are checked like the constructor's."""
         where = f" in param group {len(self.param_groups)}"
         _check_microadam_hyperparameters({**self.defaults, **param_group}, where)
+        param_group = self._reject_repeated_parameters(param_group, where)
         super().add_param_group(param_group)
         for param in self.param_groups[-1]["params"]:
             if param.dtype not in SUPPORTED_PARAMETER_DTYPES:
@@ -207,6 +213,18 @@ class MicroAdam(ExactStateOptimizer):
                     )
         super()._check_loaded_state(state_dict)
 
+    def _check_loaded_values(self, name: str, param: torch.Tensor, group: dict[str, Any], saved_state: dict[str, Any]) -> None:
+        """The kernels trust the window: an index outside its block writes outside the parameter, and the CUDA
+        kernels also rely on each block's indices rising strictly (``block_topk`` writes them in position order).
+        A non-finite window value or bucket range turns the next step into NaN parameters."""
+        check = LoadedStateCheck("MicroAdam", name)
+        for key in ("window_values", "bucket_min", "bucket_max"):
+            check.finite(key, local_tensor(saved_state[key]))
+        step = saved_state["step"]
+        filled = min(int(step.item() if isinstance(step, torch.Tensor) else step), group["m"])
+        layout = self.layout(padded_local_numel(param), group)
+        check.window_indices(local_tensor(saved_state["window_indices"])[:filled], layout)
+
     # -- the step --------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -224,7 +242,17 @@ class MicroAdam(ExactStateOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._update_parameters()
+        return loss
 
+    @torch.compiler.disable
+    def _update_parameters(self) -> None:
+        """Steps 1 to 7 for every parameter that has a gradient.
+
+        Under ``torch.compile`` this runs eagerly, behind one graph break: its work is the extension's kernels,
+        which a graph cannot fuse, and its per-step Python numbers (the window row, the bias corrections) would be
+        new constants, and so a recompile, at every step.
+        """
         # Zero-size parameters are skipped: they have nothing to compress and keep no state.
         work = [entry for entry in self._parameters_with_gradients() if entry[2].numel() > 0]
         named_gradients = [(name, param.grad) for _, name, param, _ in work]
@@ -248,7 +276,6 @@ class MicroAdam(ExactStateOptimizer):
                 pending.append((group_index, name, *statistics))
         if collect:
             self.telemetry = self._gather_telemetry(pending, len(self.param_groups))
-        return loss
 
     def _step_parameter(
         self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool,
@@ -295,7 +322,7 @@ class MicroAdam(ExactStateOptimizer):
             target, indices[:filled], values[:filled], weights1, weights2, layout,
             c1, c2, float(group["eps"]), lr, float(group["weight_decay"]),
         )
-        if target.data_ptr() != param.data_ptr():
+        if not param.is_contiguous():  # _flat stepped a copy
             param.copy_(target.view_as(param))
 
         if not collect:
