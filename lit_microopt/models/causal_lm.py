@@ -22,11 +22,12 @@ from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
 from lit_microopt.models.metrics import reset_outside_inference_mode
 from lit_microopt.models.optimization import OptimizerFromConfig
+from lit_microopt.models.sharding import FullyShardLayers, is_fully_sharded
 
 IGNORE_INDEX = -100
 
 
-class CausalLM(SelfContainedCheckpoint, OptimizerFromConfig, pl.LightningModule):
+class CausalLM(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, pl.LightningModule):
     """A Hugging Face causal LM with answer-only loss, perplexity and exact match of greedy answers.
 
     Batches are those of the package's causal-LM data modules: ``input_ids``, ``attention_mask`` and ``labels``
@@ -35,7 +36,8 @@ class CausalLM(SelfContainedCheckpoint, OptimizerFromConfig, pl.LightningModule)
     The tokenizer comes from ``tokenizer``, else from the ``pretrained`` folder, else from the data module
     (the arithmetic one builds its own). Every checkpoint holds it and the model's configuration, so
     ``CausalLM.load_from_checkpoint(path)`` works without the data, the ``pretrained`` folder or a network
-    (see :mod:`lit_microopt.models.checkpointing`).
+    (see :mod:`lit_microopt.models.checkpointing`). Under Lightning's ``ModelParallelStrategy`` it shards itself
+    with FSDP2, layer by layer (``configs/distributed/fsdp2.yaml``, :mod:`lit_microopt.models.sharding`).
 
     Args:
         optimizer: builds the optimizer from named parameters (a YAML ``class_path`` / ``init_args`` block);
@@ -142,8 +144,10 @@ class CausalLM(SelfContainedCheckpoint, OptimizerFromConfig, pl.LightningModule)
             max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad_id,
         )
+        # Sharded (FSDP2), every rank must run each forward pass, even one whose answers are all finished.
+        synced = is_fully_sharded(self.model) and torch.distributed.get_world_size() > 1
         generated = self.model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_attention_mask, generation_config=generation
+            input_ids=prompt_ids, attention_mask=prompt_attention_mask, generation_config=generation, synced_gpus=synced
         )
         return self.tokenizer.batch_decode(generated[:, prompt_ids.shape[1]:], skip_special_tokens=True)
 

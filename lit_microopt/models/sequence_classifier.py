@@ -19,16 +19,18 @@ from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
 from lit_microopt.models.metrics import reset_outside_inference_mode
 from lit_microopt.models.optimization import OptimizerFromConfig
+from lit_microopt.models.sharding import FullyShardLayers
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class SequenceClassifier(SelfContainedCheckpoint, OptimizerFromConfig, pl.LightningModule):
+class SequenceClassifier(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, pl.LightningModule):
     """A Hugging Face sequence classifier (``AutoModelForSequenceClassification``) with loss and accuracy.
 
     The tokenizer comes from ``tokenizer``, else from the ``pretrained`` folder, else from the data module.
     Every checkpoint holds it and the model's configuration, so ``SequenceClassifier.load_from_checkpoint(path)``
-    works without the ``pretrained`` folder or a network (see :mod:`lit_microopt.models.checkpointing`).
+    works without the ``pretrained`` folder or a network (see :mod:`lit_microopt.models.checkpointing`). Under
+    Lightning's ``ModelParallelStrategy`` it shards itself with FSDP2, layer by layer (``configs/distributed/fsdp2.yaml``).
 
     Args:
         optimizer: builds the optimizer from named parameters (a YAML ``class_path`` / ``init_args`` block);

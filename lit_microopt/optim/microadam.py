@@ -7,6 +7,7 @@ each step lives in :mod:`lit_microopt.ops`, this module owns the constructor, th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,32 +37,54 @@ LAYOUT_HYPERPARAMETERS = ("m", "density", "block_size", "quant_bucket_size")
 EF_ROUNDING_MODES = ("nearest", "stochastic")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_compression_settings(owner: str, settings: Mapping[str, Any], where: str = "") -> None:
+    """Raise ``ValueError`` naming the first out-of-range Top-K or error-feedback setting of ``settings``.
+
+    The settings are ``density``, ``block_size``, ``quant_bucket_size`` and ``ef_rounding``: MicroAdam's, and those
+    of the gradient compression of :mod:`lit_microopt.strategies`, which runs MicroAdam's ops.
+
+    Args:
+        owner: the class whose settings they are, for the message (``"MicroAdam"``).
+        settings: a mapping holding the four settings.
+        where: text naming the param group (``" in param group 1"``), empty otherwise.
+    """
+    density, block_size = settings["density"], settings["block_size"]
+    bucket_size, rounding = settings["quant_bucket_size"], settings["ef_rounding"]
+    if not (isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1):
+        raise ValueError(f"{owner}: density{where} must be in (0, 1], got {density!r}.")
+    if not (_is_int(block_size) and 1 <= block_size <= MAX_BLOCK_SIZE):
+        raise ValueError(
+            f"{owner}: block_size{where} must be an integer in [1, {MAX_BLOCK_SIZE}] "
+            f"(block-relative indices are int16), got {block_size!r}."
+        )
+    if not (_is_int(bucket_size) and bucket_size >= 2 and bucket_size % 2 == 0):
+        raise ValueError(f"{owner}: quant_bucket_size{where} must be an even integer >= 2, got {bucket_size!r}.")
+    if rounding not in EF_ROUNDING_MODES:
+        raise ValueError(f"{owner}: ef_rounding{where} must be 'nearest' or 'stochastic', got {rounding!r}.")
+
+
+def error_feedback_shapes(numel: int, quant_bucket_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of the 4-bit error feedback of ``numel`` elements: two codes per byte, and a bfloat16
+    range per bucket of ``quant_bucket_size`` elements (``docs/microadam.md``, step 5)."""
+    buckets = -(-numel // quant_bucket_size)
+    return {
+        "error_feedback": ((-(-numel // 2),), torch.uint8),
+        "bucket_min": ((buckets,), torch.bfloat16),
+        "bucket_max": ((buckets,), torch.bfloat16),
+    }
+
+
 def _check_microadam_hyperparameters(group: dict[str, Any], where: str = "") -> None:
     """Raise ``ValueError`` naming the first out-of-range hyper-parameter of ``group``."""
     check_common_hyperparameters("MicroAdam", group, where)
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    m, density = group["m"], group["density"]
-    block_size, bucket_size = group["block_size"], group["quant_bucket_size"]
-    if not (is_int(m) and m >= 1):
+    m = group["m"]
+    if not (_is_int(m) and m >= 1):
         raise ValueError(f"MicroAdam: m{where} (window length) must be an integer >= 1, got {m!r}.")
-    if not (isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1):
-        raise ValueError(f"MicroAdam: density{where} must be in (0, 1], got {density!r}.")
-    if not (is_int(block_size) and 1 <= block_size <= MAX_BLOCK_SIZE):
-        raise ValueError(
-            f"MicroAdam: block_size{where} must be an integer in [1, {MAX_BLOCK_SIZE}] "
-            f"(indices are stored as int16), got {block_size!r}."
-        )
-    if not (is_int(bucket_size) and bucket_size >= 2 and bucket_size % 2 == 0):
-        raise ValueError(
-            f"MicroAdam: quant_bucket_size{where} must be an even integer >= 2, got {bucket_size!r}."
-        )
-    if group["ef_rounding"] not in EF_ROUNDING_MODES:
-        raise ValueError(
-            f"MicroAdam: ef_rounding{where} must be 'nearest' or 'stochastic', got {group['ef_rounding']!r}."
-        )
+    check_compression_settings("MicroAdam", group, where)
 
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
@@ -175,15 +198,12 @@ class MicroAdam(ExactStateOptimizer):
     def expected_state_shapes(numel: int, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of every state tensor of a parameter with ``numel`` elements (``docs/microadam.md``)."""
         k = TopKLayout.of(numel, group["block_size"], group["density"]).k
-        buckets = -(-numel // group["quant_bucket_size"])
         return {
             "step": ((), torch.int64),
             "rounding_seed": ((), torch.int64),
             "window_indices": ((group["m"], k), torch.int16),
             "window_values": ((group["m"], k), torch.bfloat16),
-            "error_feedback": ((-(-numel // 2),), torch.uint8),
-            "bucket_min": ((buckets,), torch.bfloat16),
-            "bucket_max": ((buckets,), torch.bfloat16),
+            **error_feedback_shapes(numel, group["quant_bucket_size"]),
         }
 
     def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -398,4 +418,4 @@ class MicroAdam(ExactStateOptimizer):
         return 4 * group["m"] * group["density"] + 0.5 + 4 / group["quant_bucket_size"]
 
 
-__all__ = ["MicroAdam"]
+__all__ = ["MAX_BLOCK_SIZE", "MicroAdam", "check_compression_settings", "error_feedback_shapes"]

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from lit_microopt import ops
 from lit_microopt.ops import TopKLayout
+from lit_microopt.optim.microadam import check_compression_settings, error_feedback_shapes
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 COMPRESSIBLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: Bytes of one sent entry: an int16 block-relative index and a bfloat16 value.
 ENTRY_BYTES = 4
-MAX_BLOCK_SIZE = 32768  # block-relative indices are int16
 
 # all_gather_single is all_gather_into_tensor's newer name (PyTorch 2.10+), which deprecates the old one.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -58,25 +58,7 @@ class TopKCompression:
     ef_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        density = self.density
-        if not (isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1):
-            raise ValueError(f"TopKCompression: density must be in (0, 1], got {self.density!r}.")
-        if not (is_int(self.block_size) and 1 <= self.block_size <= MAX_BLOCK_SIZE):
-            raise ValueError(
-                f"TopKCompression: block_size must be an integer in [1, {MAX_BLOCK_SIZE}] (indices travel as int16), "
-                f"got {self.block_size!r}."
-            )
-        if not (is_int(self.quant_bucket_size) and self.quant_bucket_size >= 2 and self.quant_bucket_size % 2 == 0):
-            raise ValueError(
-                f"TopKCompression: quant_bucket_size must be an even integer >= 2, got {self.quant_bucket_size!r}."
-            )
-        if self.ef_rounding not in ("nearest", "stochastic"):
-            raise ValueError(
-                f"TopKCompression: ef_rounding must be 'nearest' or 'stochastic', got {self.ef_rounding!r}."
-            )
+        check_compression_settings("TopKCompression", vars(self))
 
     def layout(self, numel: int) -> TopKLayout:
         """The Top-K blocks of a bucket of ``numel`` elements."""
@@ -105,11 +87,12 @@ class _ErrorFeedback:
     """The 4-bit error feedback of one bucket: codes (two per byte) and a bfloat16 range per quantization bucket."""
 
     def __init__(self, numel: int, quant_bucket_size: int, device: torch.device) -> None:
-        buckets = -(-numel // quant_bucket_size)
         self.numel = numel
-        self.codes = torch.zeros(-(-numel // 2), dtype=torch.uint8, device=device)
-        self.bucket_min = torch.zeros(buckets, dtype=torch.bfloat16, device=device)
-        self.bucket_max = torch.zeros(buckets, dtype=torch.bfloat16, device=device)
+        # MicroAdam's own error feedback, so that its ops run on it.
+        shapes = error_feedback_shapes(numel, quant_bucket_size)
+        self.codes, self.bucket_min, self.bucket_max = (
+            torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in shapes.values()
+        )
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.codes, self.bucket_min, self.bucket_max))
