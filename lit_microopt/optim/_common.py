@@ -71,9 +71,7 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
     extremes_by_device: dict[torch.device, list[torch.Tensor]] = {}
     names_by_device: dict[torch.device, list[str]] = {}
     for name, grad in named_gradients:
-        # min and max in one pass: both are finite exactly when every element is (NaN propagates).
-        extremes = torch.aminmax(grad.reshape(-1)) if grad.numel() else (grad.new_zeros(()), grad.new_zeros(()))
-        extremes_by_device.setdefault(grad.device, []).extend(extremes)
+        extremes_by_device.setdefault(grad.device, []).extend(gradient_extremes(grad))
         names_by_device.setdefault(grad.device, []).append(name)
     bad = []
     for device, extremes in extremes_by_device.items():
@@ -81,10 +79,21 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
         finite = torch.isfinite(torch.stack([value.float() for value in extremes])).view(-1, 2).all(dim=1)
         bad.extend(name for name, ok in zip(names_by_device[device], finite.tolist()) if not ok)
     if bad:
-        raise FloatingPointError(
-            f"{owner}: non-finite gradient (NaN or inf) in {', '.join(bad)}; nothing was updated. "
-            "Lower the learning rate, clip gradients, or pass check_finite=False when a GradScaler handles overflow."
-        )
+        raise non_finite_gradient_error(owner, bad)
+
+
+def gradient_extremes(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of ``grad`` in one pass (zeros when it is empty): both are finite exactly when every
+    element is, since a NaN propagates."""
+    return torch.aminmax(grad.reshape(-1)) if grad.numel() else (grad.new_zeros(()), grad.new_zeros(()))
+
+
+def non_finite_gradient_error(owner: str, names: Sequence[str]) -> FloatingPointError:
+    """The error of a step refused because the gradients ``names`` hold a NaN or an infinity."""
+    return FloatingPointError(
+        f"{owner}: non-finite gradient (NaN or inf) in {', '.join(names)}; nothing was updated. "
+        "Lower the learning rate, clip gradients, or pass check_finite=False when a GradScaler handles overflow."
+    )
 
 
 def parameter_names(optimizer: torch.optim.Optimizer) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lit_microopt.optim._common import check_gradients_finite
+from lit_microopt.optim._common import check_gradients_finite, gradient_extremes, non_finite_gradient_error
 from lit_microopt.optim.partition import BlockLayout, shard_layout
 
 try:
@@ -235,9 +235,7 @@ def share_local_blocks(second_moments: list[tuple[ShardBlocks, torch.Tensor]]) -
 
 def _non_finite(tensor: torch.Tensor) -> torch.Tensor:
     """1.0 when ``tensor`` holds a NaN or an infinity, else 0.0 (float32, on its device)."""
-    if not tensor.numel():
-        return torch.zeros((), dtype=torch.float32, device=tensor.device)
-    extremes = torch.stack([value.float() for value in torch.aminmax(tensor.reshape(-1))])
+    extremes = torch.stack([value.float() for value in gradient_extremes(tensor)])
     return (~torch.isfinite(extremes).all()).float()
 
 
@@ -264,7 +262,4 @@ def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tupl
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=mesh.get_group(mesh_dim))
         bad.extend(name for (name, _), flag in zip(entries, flags.tolist()) if flag)
     if bad:
-        raise FloatingPointError(
-            f"{owner}: non-finite gradient (NaN or inf) in {', '.join(bad)}; nothing was updated. "
-            "Lower the learning rate, clip gradients, or pass check_finite=False when a GradScaler handles overflow."
-        )
+        raise non_finite_gradient_error(owner, bad)
