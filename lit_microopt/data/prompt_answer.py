@@ -175,7 +175,54 @@ def tokenizer_for(owner: str, tokenizer_name: str | None, trainer: Any) -> Any:
     return model.tokenizer
 
 
-class PromptAnswerDataModule(pl.LightningDataModule, ABC):
+class SplitLoaders:
+    """The dataloaders of a data module that keeps its prepared splits in ``self.datasets`` (``"train"``,
+    ``"validation"``, ``"test"``): training batches in the seeded order of :class:`EpochShuffleSampler`, the others
+    in order and ``eval_batch_size`` at a time; no validation split means no validation. ``predict`` reads the test
+    split.
+
+    A subclass sets ``datasets``, ``batch_size``, ``eval_batch_size``, ``num_workers`` and ``seed``, and gives its
+    batches' collate function with :meth:`collate_fn`.
+    """
+
+    datasets: dict[str, Sequence[Any]]
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    seed: int
+
+    def collate_fn(self) -> Any:
+        """The ``collate_fn`` of every loader."""
+        raise NotImplementedError
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"{type(self).__name__} has no {split} split; give it {split} data.")
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
+            collate_fn=self.collate_fn(),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # No validation data is allowed: Lightning then skips validation.
+        return self._loader("validation", train=False) if "validation" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+
+class PromptAnswerDataModule(SplitLoaders, pl.LightningDataModule, ABC):
     """Base of the causal-LM data modules: subclasses say where the examples and the tokenizer come from.
 
     Subclasses implement :meth:`load_examples` (the examples of a split, or ``None`` when there are none) and
@@ -235,32 +282,6 @@ class PromptAnswerDataModule(pl.LightningDataModule, ABC):
         if stage == "fit" and not self.datasets.get("train"):
             raise ValueError(f"{type(self).__name__}: the training split has no examples; give it training data.")
 
-    def _collator(self) -> PromptAnswerCollator:
+    def collate_fn(self) -> PromptAnswerCollator:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return PromptAnswerCollator(pad_id, self.pad_to_multiple_of)
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise ValueError(f"{type(self).__name__} has no {split} split; give it {split} data.")
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
-            collate_fn=self._collator(),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        # No validation data is allowed: Lightning then skips validation.
-        return self._loader("validation", train=False) if "validation" in self.datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)

@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
 
-from lit_microopt.data.prompt_answer import EpochShuffleSampler, tokenizer_for
+from lit_microopt.data.prompt_answer import SplitLoaders, tokenizer_for
 from lit_microopt.data.records import DataFormatError, read_records
 
 logger = logging.getLogger(__name__)
 
 
-class TextClassificationDataModule(pl.LightningDataModule):
+class TextClassificationDataModule(SplitLoaders, pl.LightningDataModule):
     """Sentence (pair) / label batches for a ``SequenceClassifier``.
 
     Splits come from ``train_file`` / ``val_file`` / ``test_file`` when given, else from the ``dataset``'s
@@ -161,27 +160,5 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         return self.tokenizer.pad(examples, return_tensors="pt")
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise ValueError(f"TextClassificationDataModule has no {split} split; give it {split} data.")
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
-            collate_fn=self._collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("validation", train=False) if "validation" in self.datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def collate_fn(self) -> Any:
+        return self._collate
