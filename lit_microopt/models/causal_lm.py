@@ -20,14 +20,14 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
-from lit_microopt.models.metrics import reset_outside_inference_mode
+from lit_microopt.models.metrics import EvaluationHooks, reset_outside_inference_mode
 from lit_microopt.models.optimization import OptimizerFromConfig
 from lit_microopt.models.sharding import FullyShardLayers, is_fully_sharded
 
 IGNORE_INDEX = -100
 
 
-class CausalLM(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, pl.LightningModule):
+class CausalLM(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, EvaluationHooks, pl.LightningModule):
     """A Hugging Face causal LM with answer-only loss, perplexity and exact match of greedy answers.
 
     Batches are those of the package's causal-LM data modules: ``input_ids``, ``attention_mask`` and ``labels``
@@ -195,18 +195,6 @@ class CausalLM(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, p
             for key, value in values.items():
                 self.log(key, value, prog_bar=key.endswith(("loss", "exact_match")))
         return values
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         """The prompt, greedy answer and reference answer of every example of the batch."""

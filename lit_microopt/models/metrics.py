@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchmetrics import Metric
 
@@ -22,3 +24,27 @@ def reset_outside_inference_mode(metric: Metric) -> None:
     """
     with torch.inference_mode(False):
         metric.reset()
+
+
+class EvaluationHooks:
+    """Lightning's validation and test hooks for a model that evaluates both stages the same way: each batch
+    goes to ``_evaluate(batch, stage)`` and each epoch's end to ``_log_epoch(stage)``, ``stage`` being ``"val"``
+    or ``"test"`` (the prefix of the logged metrics). Listed before ``LightningModule`` among the bases."""
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        raise NotImplementedError
+
+    def _log_epoch(self, stage: str) -> Any:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")

@@ -17,14 +17,15 @@ from transformers import AutoModelForSequenceClassification
 
 from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
-from lit_microopt.models.metrics import reset_outside_inference_mode
+from lit_microopt.models.metrics import EvaluationHooks, reset_outside_inference_mode
 from lit_microopt.models.optimization import OptimizerFromConfig
 from lit_microopt.models.sharding import FullyShardLayers
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class SequenceClassifier(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, pl.LightningModule):
+class SequenceClassifier(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, EvaluationHooks,
+                         pl.LightningModule):
     """A Hugging Face sequence classifier (``AutoModelForSequenceClassification``) with loss and accuracy.
 
     The tokenizer comes from ``tokenizer``, else from the ``pretrained`` folder, else from the data module.
@@ -120,18 +121,6 @@ class SequenceClassifier(SelfContainedCheckpoint, FullyShardLayers, OptimizerFro
             if metric.update_count:
                 self.log(f"{stage}_{name}", metric.compute(), prog_bar=True)
             reset_outside_inference_mode(metric)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """The predicted class of every example of the batch."""
