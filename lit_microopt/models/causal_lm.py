@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+from lit_microopt.callbacks.prediction_writer import default_prediction_writers
 from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
 from lit_microopt.models.metrics import EvaluationHooks, reset_outside_inference_mode
@@ -195,6 +196,10 @@ class CausalLM(SelfContainedCheckpoint, FullyShardLayers, OptimizerFromConfig, E
             for key, value in values.items():
                 self.log(key, value, prog_bar=key.endswith(("loss", "exact_match")))
         return values
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """When predicting without a prediction writer, one that writes ``predictions.jsonl`` in the log folder."""
+        return default_prediction_writers(self.trainer)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         """The prompt, greedy answer and reference answer of every example of the batch."""

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import AutoModelForSequenceClassification
 
+from lit_microopt.callbacks.prediction_writer import default_prediction_writers
 from lit_microopt.models.checkpointing import SelfContainedCheckpoint
 from lit_microopt.models.hf_loading import load_model, load_tokenizer, load_tokenizer_if_present, same_vocabulary
 from lit_microopt.models.metrics import EvaluationHooks, reset_outside_inference_mode
@@ -121,6 +122,10 @@ class SequenceClassifier(SelfContainedCheckpoint, FullyShardLayers, OptimizerFro
             if metric.update_count:
                 self.log(f"{stage}_{name}", metric.compute(), prog_bar=True)
             reset_outside_inference_mode(metric)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """When predicting without a prediction writer, one that writes ``predictions.jsonl`` in the log folder."""
+        return default_prediction_writers(self.trainer)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """The predicted class of every example of the batch."""
