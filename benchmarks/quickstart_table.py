@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import inspect
 import json
 import math
 import os
@@ -56,10 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class OptimizerSetup:
-    """One row of the table: a quickstart configuration and what to change in its optimizer."""
+    """One row of the table: the quickstart with an optimizer overlay (``None``: MicroAdam's base configuration),
+    and what to change in its optimizer."""
 
     label: str
-    config: str
+    overlay: str | None
     #: With a ``class_path``: replaces the configuration's optimizer; else its ``init_args`` are changed.
     optimizer: dict[str, Any] = field(default_factory=dict)
 
@@ -71,10 +74,27 @@ _ADAMW_8BIT = {"class_path": "bitsandbytes.optim.AdamW8bit",
 OPTIMIZERS = {
     "adamw": OptimizerSetup("AdamW", "configs/quickstart_adamw.yaml"),
     "adamw8bit": OptimizerSetup("8-bit AdamW (bitsandbytes)", "configs/quickstart_adamw.yaml", _ADAMW_8BIT),
-    "microadam_m10": OptimizerSetup("MicroAdam m=10", "configs/quickstart.yaml"),
-    "microadam_m20": OptimizerSetup("MicroAdam m=20", "configs/quickstart.yaml", {"init_args": {"m": 20}}),
+    "microadam_m10": OptimizerSetup("MicroAdam m=10", None),
+    "microadam_m20": OptimizerSetup("MicroAdam m=20", None, {"init_args": {"m": 20}}),
     "adam_mini": OptimizerSetup("Adam-mini", "configs/quickstart_adam_mini.yaml"),
 }
+
+
+def quickstart_config(overlay: str | None) -> dict[str, Any]:
+    """``configs/quickstart.yaml`` with the optimizer of ``overlay``, merged as the command line merges them: an
+    optimizer of another class keeps the base's arguments that it also takes. (The runs replace the loggers and the
+    callbacks, the overlays' other changes.)"""
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    if overlay is None:
+        return config
+    optimizer = yaml.safe_load((ROOT / overlay).read_text())["model"]["init_args"]["optimizer"]
+    base = config["model"]["init_args"]["optimizer"]
+    module, _, name = optimizer["class_path"].rpartition(".")
+    accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    kept = {key: value for key, value in base["init_args"].items() if key in accepted}
+    config["model"]["init_args"]["optimizer"] = {"class_path": optimizer["class_path"],
+                                                 "init_args": {**kept, **optimizer.get("init_args", {})}}
+    return config
 
 
 def run_config(name: str, seed: int, run_dir: Path, epochs: int | None, train_size: int | None,
@@ -82,7 +102,7 @@ def run_config(name: str, seed: int, run_dir: Path, epochs: int | None, train_si
     """The quickstart configuration of optimizer ``name`` for one run: the seed set, the run's logs in ``run_dir``
     (a CSV logger only; no checkpoints, no monitors, no progress bar), and the sizes changed where given."""
     setup = OPTIMIZERS[name]
-    config = yaml.safe_load((ROOT / setup.config).read_text())
+    config = quickstart_config(setup.overlay)
     config["seed_everything"] = seed
     trainer = config["trainer"]
     trainer.update(

@@ -74,17 +74,18 @@ def final_parameters(folder: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, weights_only=False)["state_dict"]
 
 
-@pytest.mark.parametrize("optimizer", ["quickstart.yaml", "quickstart_adam_mini.yaml"])
-def test_resuming_from_last_equals_an_uninterrupted_run(tmp_path, monkeypatch, optimizer):
-    config = str(ROOT / "configs" / optimizer)
+@pytest.mark.parametrize("overlays", [[], ["quickstart_adam_mini.yaml"]])
+def test_resuming_from_last_equals_an_uninterrupted_run(tmp_path, monkeypatch, overlays):
+    configs = [QUICKSTART, *(str(ROOT / "configs" / overlay) for overlay in overlays)]
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     for folder in (uninterrupted, resumed):
         folder.mkdir()
     monkeypatch.chdir(uninterrupted)
-    main(["fit", "--config", config, *TINY_QUICKSTART, "--trainer.max_epochs", "2"])
+    config = [word for path in configs for word in ("--config", path)]
+    main(["fit", *config, *TINY_QUICKSTART, "--trainer.max_epochs", "2"])
     monkeypatch.chdir(resumed)
-    main(["fit", "--config", config, *TINY_QUICKSTART, "--trainer.max_epochs", "1"])
-    main(["fit", "--config", config, *TINY_QUICKSTART, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    main(["fit", *config, *TINY_QUICKSTART, "--trainer.max_epochs", "1"])
+    main(["fit", *config, *TINY_QUICKSTART, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
     expected, found = final_parameters(uninterrupted), final_parameters(resumed)
     assert expected.keys() == found.keys()
     for name in expected:

@@ -1,7 +1,7 @@
 """MicroOptDDPStrategy end to end: ``python -m lit_microopt fit`` on two CPU processes (gloo), as a user runs it.
 
-Every run is configs/quickstart_ddp.yaml shrunk by tiny_run.yaml (24 steps of 2 x 16 problems, validation loss on
-64 held-out problems, no schedule); ``RecordRun`` writes what each rank ends with. Runs are made once, when a test
+Every run is configs/quickstart.yaml with its overlay quickstart_ddp.yaml, shrunk by tiny_run.yaml (24 steps of
+2 x 16 problems, validation loss on 64 held-out problems, no schedule); ``RecordRun`` writes what each rank ends with. Runs are made once, when a test
 first needs them, and shared by the tests of this module.
 """
 
@@ -20,7 +20,8 @@ import torch
 from lit_microopt.optim import MicroAdam
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "quickstart_ddp.yaml"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+CONFIG = ROOT / "configs" / "quickstart_ddp.yaml"  # an overlay of the quickstart
 TINY_RUN = Path(__file__).with_name("tiny_run.yaml")
 STEPS_PER_EPOCH = 768 // (2 * 16)
 ADAM_MINI = ["--model.init_args.optimizer",
@@ -69,8 +70,8 @@ def runs(tmp_path_factory):
                 overrides = [*overrides, "--ckpt_path", str(get(resumes).checkpoint_path)]
             environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
             result = subprocess.run(
-                [sys.executable, "-m", "lit_microopt", "fit", "--config", str(CONFIG), "--config", str(TINY_RUN),
-                 *overrides], cwd=folder, env=environment, capture_output=True, text=True, timeout=300,
+                [sys.executable, "-m", "lit_microopt", "fit", "--config", str(QUICKSTART), "--config", str(CONFIG),
+                 "--config", str(TINY_RUN), *overrides], cwd=folder, env=environment, capture_output=True, text=True, timeout=300,
             )
             assert result.returncode == 0, f"run {name} failed:\n{result.stderr[-4000:]}"
             made[name] = Run(folder, result.stdout + result.stderr)
