@@ -21,7 +21,7 @@ def dtype(request) -> torch.dtype:
 
 @pytest.fixture
 def one_thread():
-    """Tests share two cores with other work: one torch thread each keeps training tests fast and deterministic."""
+    """One torch thread per test: training tests stay fast when several run at once, and deterministic."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
