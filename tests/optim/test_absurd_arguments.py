@@ -1,4 +1,4 @@
-"""Absurd hyper-parameters and repeated parameters are refused (issue 19, item 8).
+"""Absurd hyper-parameters and repeated parameters are refused.
 
 ``lr=inf`` or ``weight_decay=inf`` used to turn the first step into NaN parameters, and a parameter given twice
 was stepped twice (torch only warns, or names no tensor). Both optimizers now raise ``ValueError``.

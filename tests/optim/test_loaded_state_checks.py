@@ -1,4 +1,4 @@
-"""A loaded state is checked once, in ``load_state_dict`` (issue 19, item 2; issue 14, item 6).
+"""A loaded state is checked once, in ``load_state_dict``.
 
 The kernels trust the window: an index outside its block wrote outside the parameter (segfaults through the CPU
 kernels), inf in a bucket range gave NaN parameters, a negative step an unrelated error later. Each corrupted
@@ -17,7 +17,7 @@ from tests.optim.contract_helpers import tensors_equal
 
 
 def issue_reproduction(steps: int = 1):
-    """Issue 19's setting: 20000 elements, blocks of 1024 (the last one of 544), a window of 4 rows."""
+    """A state that once crashed the CPU kernel: 20000 elements, blocks of 1024 (the last one of 544), a window of 4 rows."""
     torch.manual_seed(0)
     param = torch.nn.Parameter(torch.randn(20000))
     optimizer = MicroAdam([param], m=4, block_size=1024)
@@ -36,7 +36,7 @@ def refused(optimizer, state_dict, pattern: str) -> None:
 
 
 def test_a_negative_window_index_is_refused():
-    # The issue's reproduction: without the check, the next step segfaults in the CPU kernel.
+    # Without the check, the next step would write outside the parameter in the CPU kernel.
     optimizer, _ = issue_reproduction()
     state_dict = copy.deepcopy(optimizer.state_dict())
     state_dict["state"][0]["window_indices"][0, :] = -30000

@@ -1,4 +1,4 @@
-"""``torch.compile`` of ``optimizer.step`` and of a training step that calls it (issue 15, item 4).
+"""``torch.compile`` of ``optimizer.step`` and of a training step that calls it.
 
 The optimizers run their parameter updates eagerly behind one graph break (``docs/torch_optim_contract.md``
 says why), so a compiled step must match eager stepping bit for bit and compile once: these tests count the

@@ -57,7 +57,7 @@ def without_param_names(state_dict: dict) -> dict:
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_deepcopy_copies_all_public_attrs(build, how):
-    # Ports test_deepcopy_copies_all_public_attrs, and goes on: the copy steps like the original (issue 15, item 1).
+    # Ports test_deepcopy_copies_all_public_attrs, and goes on: the copy steps like the original.
     optimizer, weight, bias, inputs = primed(build)
     duplicate = copy.deepcopy(optimizer) if how == "deepcopy" else pickle.loads(pickle.dumps(optimizer))
 

@@ -1,7 +1,7 @@
 """Every hook kind of ``torch.optim.Optimizer`` (step, state_dict, load_state_dict; pre and post), on both optimizers.
 
 The first tests port the hook tests of PyTorch's ``test/test_optim.py`` (each names its torch test). The load
-tests after them check where the load hooks run (issue 15, item 3): the dict a pre-hook returns is the one
+tests after them check where the load hooks run: the dict a pre-hook returns is the one
 checked and loaded, and post-hooks run once the state is in place, with its real dtypes.
 """
 
@@ -176,7 +176,7 @@ def test_load_state_dict_pre_post_hook(build):
     assert optimizer.state["ran_load_state_dict_post_hook"] is True
 
 
-# -- load_state_dict hooks: where they run (issue 15, item 3) ------------------------------------------------------
+# -- load_state_dict hooks: where they run -----------------------------------------------------------------------
 
 
 def test_the_state_a_pre_hook_returns_is_the_one_loaded(build):
