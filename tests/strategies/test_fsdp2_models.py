@@ -1,5 +1,7 @@
 """CausalLM shards itself with FSDP2 under ModelParallelStrategy: 2 gloo CPU processes fit, save, resume exactly.
 
+A checkpoint gathered into one file (save_distributed_checkpoint: false) loads without the strategy.
+
 One pair of processes runs everything (starting them is the slow part). Each is started the way torchrun starts
 them (LOCAL_RANK set, process group up), so Lightning uses them rather than launching its own.
 """
@@ -19,6 +21,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
 from lit_microopt.data import ArithmeticDataModule
+from lit_microopt.eval import load_causal_lm
 from lit_microopt.models import CausalLM
 from lit_microopt.optim import AdamMini, MicroAdam
 from tests.strategies.distributed import spawn
@@ -42,13 +45,16 @@ class CountSteps(pl.Callback):
         self.batches += 1
 
 
-def fit(folder: Path, optimizer: str, max_epochs: int, ckpt_path: Path | None = None) -> pl.Trainer:
+def fit(folder: Path, optimizer: str, max_epochs: int, ckpt_path: Path | None = None,
+        distributed_checkpoint: bool = True) -> pl.Trainer:
     torch.manual_seed(0)  # the same initial weights on both ranks: each keeps its shard of them
     module = CausalLM(OPTIMIZERS[optimizer], config=TINY_LLAMA, max_new_tokens=3)
     # 32 problems, 16 a rank: 2 steps an epoch; one validation batch generates answers on the sharded model.
     data = ArithmeticDataModule(train_size=32, val_size=8, test_size=8, batch_size=8, eval_batch_size=4)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        accelerator="cpu", devices=2,
+        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+                                       save_distributed_checkpoint=distributed_checkpoint),
         max_epochs=max_epochs, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=folder,
         callbacks=[ModelCheckpoint(dirpath=folder, filename="{epoch}", save_top_k=-1, monitor=None), CountSteps()],
@@ -85,6 +91,14 @@ def check_fit_save_resume(rank: int, world_size: int, folder: str) -> None:
         for state, expected in states:
             for key, value in state.items():
                 assert torch.equal(local(value), local(expected[key])), (optimizer, key)
+
+    # Gathered into one file by rank 0 instead, a checkpoint loads without a strategy (eval, export).
+    trainer = fit(Path(folder) / "single_file", "AdamMini", max_epochs=1, distributed_checkpoint=False)
+    whole = {name: param.full_tensor() for name, param in trainer.lightning_module.model.named_parameters()}
+    if rank == 0:
+        loaded = load_causal_lm(Path(folder) / "single_file" / "epoch=0.ckpt")
+        for name, param in loaded.model.named_parameters():
+            assert torch.equal(param, whole[name]), name
 
 
 @pytest.mark.slow
