@@ -47,7 +47,7 @@ def assert_same_state(resumed: torch.optim.Optimizer, uninterrupted: torch.optim
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
-def test_train_save_and_resume_bit_identically(tmp_path, optimizer, one_thread):
+def test_train_save_and_resume_bit_identically(tmp_path, optimizer):
     uninterrupted = trainer(tmp_path / "uninterrupted", OPTIMIZERS[optimizer])
     uninterrupted.train()
     losses = [entry["loss"] for entry in uninterrupted.state.log_history if "loss" in entry]
