@@ -12,6 +12,7 @@ another PyTorch than the one the package runs with.
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import torch
@@ -19,6 +20,9 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0"
+# No fused multiply-add in either compiler: the kernels round like the PyTorch reference's separate operations.
+with open("csrc/build_flags.json") as flags_file:
+    FLAGS = json.load(flags_file)
 
 
 def want_cuda() -> bool:
@@ -35,7 +39,7 @@ def want_cuda() -> bool:
 
 def extension():
     cpu_sources = sorted(set(glob.glob("csrc/**/*.cpp", recursive=True)) - set(glob.glob("csrc/**/*_cuda_ops.cpp", recursive=True)))
-    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    cxx_flags = FLAGS["cxx"]
     link_flags = ["-fopenmp"]
     if not want_cuda():
         return CppExtension("lit_microopt._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
@@ -50,8 +54,7 @@ def extension():
         cpu_sources + cuda_sources,
         extra_compile_args={
             "cxx": cxx_flags + definitions,
-            # No fused multiply-add: the kernels round like the PyTorch reference's separate operations.
-            "nvcc": ["-O3", "-std=c++20", "--fmad=false", "-lineinfo"] + definitions,
+            "nvcc": FLAGS["nvcc"] + definitions,
         },
         extra_link_args=link_flags,
     )

@@ -8,16 +8,12 @@
 
 #include <type_traits>
 
+#include "adam_mini_checks.h"
 #include "adam_mini_math.h"
 
 namespace lit_microopt {
 namespace adam_mini {
 namespace {
-
-void check_tensor(const at::Tensor& tensor, const char* name) {
-  TORCH_CHECK(tensor.device().is_cpu(), "lit_microopt: ", name, " must be a CPU tensor for the CPU kernel");
-  TORCH_CHECK(tensor.is_contiguous(), "lit_microopt: ", name, " must be contiguous");
-}
 
 // bits of a 16-bit float and back (c10::BFloat16 and c10::Half keep theirs in `x`).
 template <typename T>
@@ -50,17 +46,6 @@ inline void update_element(param_t& param, param_t grad, moment_t& moment, float
   param = static_cast<param_t>(apply_update(p, used, denominator, h.step_size));
   moment = h.stochastic ? round_stochastically<moment_t>(updated, uniform(h.key, index))
                         : static_cast<moment_t>(updated);
-}
-
-void check_arguments(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-                     const at::Tensor& row_denominator, int64_t block_axis) {
-  TORCH_CHECK(grad.scalar_type() == param.scalar_type(), "lit_microopt: grad must have the parameter's dtype");
-  TORCH_CHECK(grad.numel() == param.numel() && exp_avg.numel() == param.numel(),
-              "lit_microopt: grad and exp_avg must have the parameter's number of elements");
-  TORCH_CHECK(row_denominator.scalar_type() == at::kFloat, "lit_microopt: row_denominator must be float32");
-  TORCH_CHECK(block_axis == 0 || block_axis == 1, "lit_microopt: block_axis must be 0 or 1");
-  TORCH_CHECK(row_denominator.numel() > 0 && param.numel() % row_denominator.numel() == 0,
-              "lit_microopt: the parameter's elements must split evenly into row_denominator's rows");
 }
 
 // One row of the matrix: `width` contiguous elements from `base`, one denominator (axis 0) or one per column.
@@ -97,10 +82,7 @@ void update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, cons
 void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
                           const at::Tensor& row_denominator, int64_t block_axis, double step_size, double beta1,
                           double lr, double weight_decay, bool stochastic, int64_t key) {
-  check_tensor(param, "param");
-  check_tensor(grad, "grad");
-  check_tensor(exp_avg, "exp_avg");
-  check_tensor(row_denominator, "row_denominator");
+  check_kernel_device(param, "param", at::kCPU);
   check_arguments(param, grad, exp_avg, row_denominator, block_axis);
   const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "adam_mini_update_", [&] {

@@ -31,12 +31,13 @@ template <int ParamCode, int MomentCode>
 __global__ void adam_mini_kernel(typename Element<ParamCode>::storage* params,
                                  const typename Element<ParamCode>::storage* grads,
                                  typename Element<MomentCode>::storage* moments, const float* denominators,
-                                 int64_t numel, int64_t rows, int64_t row_numel, int block_axis, Hyperparameters h) {
+                                 int64_t numel, Divider rows, Divider row_numel, int block_axis, Hyperparameters h) {
   using P = Element<ParamCode>;
   using M = Element<MomentCode>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = block_axis == 0 ? i / row_numel : i % rows;
+    // Axis 0: rows of row_numel elements; axis 1: the row is the column index, i mod rows.
+    const int64_t row = block_axis == 0 ? row_numel.divide(i) : i - rows.divide(i) * rows.divisor;
     float p = P::load(params[i]);
     if (h.decays) p = P::load(P::store(p * h.decay));  // weight decay rounds p
     const float updated = lerp(M::load(moments[i]), P::load(grads[i]), h.weight);
@@ -53,16 +54,15 @@ cudaError_t launch_adam_mini_update(int param_dtype, int moment_dtype, void* par
                                     void* moments, const float* denominators, int64_t numel, int64_t rows,
                                     int block_axis, const Hyperparameters& h, cudaStream_t stream) {
   if (numel == 0) return cudaSuccess;
-  const int64_t wanted = (numel + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(wanted < 65535 * 16 ? wanted : 65535 * 16);
+  const int blocks = grid_blocks(numel, kThreads);
   bool known = false;
   dispatch_dtype(param_dtype, [&]<int ParamCode>() {
     known = dispatch_dtype(moment_dtype, [&]<int MomentCode>() {
       adam_mini_kernel<ParamCode, MomentCode><<<blocks, kThreads, 0, stream>>>(
           static_cast<typename Element<ParamCode>::storage*>(params),
           static_cast<const typename Element<ParamCode>::storage*>(grads),
-          static_cast<typename Element<MomentCode>::storage*>(moments), denominators, numel, rows, numel / rows,
-          block_axis, h);
+          static_cast<typename Element<MomentCode>::storage*>(moments), denominators, numel, Divider(rows),
+          Divider(numel / rows), block_axis, h);
     });
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;

@@ -9,6 +9,19 @@
 
 namespace lit_microopt {
 
+// The most blocks a launch uses; grid-stride loops cover any more work. The tests' emulated GPU sets a small
+// number, so that every loop over blocks is exercised on small tensors.
+#ifndef LIT_MICROOPT_MAX_GRID_BLOCKS
+#define LIT_MICROOPT_MAX_GRID_BLOCKS (65535 * 16)
+#endif
+constexpr int64_t kMaxGridBlocks = LIT_MICROOPT_MAX_GRID_BLOCKS;
+
+// Blocks of `threads` threads for `work` items, one item a thread, at least one and at most kMaxGridBlocks.
+inline int grid_blocks(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  return static_cast<int>(blocks < kMaxGridBlocks ? (blocks > 0 ? blocks : 1) : kMaxGridBlocks);
+}
+
 // Dtype codes shared with the C++ glue: 0 float32, 1 bfloat16, 2 float16.
 enum DtypeCode : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 

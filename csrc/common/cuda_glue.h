@@ -1,22 +1,28 @@
-// What the C++ glue of every CUDA op needs: checks that name the argument, the dtype code of a tensor,
-// and the conversion of a launch's cudaError_t into a Python exception.
+// What the C++ glue of every CUDA op needs besides the argument checks (tensor_checks.h): the dtype code of a
+// tensor, and the conversion of a launch's cudaError_t into a Python exception.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 
+// The tests also compile the glue against an emulated GPU (tests/cuda_emulation) whose memory is the CPU's:
+// there the ops register as lit_microopt_emulated::* for CPU tensors, with the same checks and launches.
+#ifdef LIT_MICROOPT_CUDA_EMULATION
+#define LMO_CUDA_OPS_LIBRARY lit_microopt_emulated
+#define LMO_CUDA_OPS_KEY CPU
+#else
+#define LMO_CUDA_OPS_LIBRARY lit_microopt
+#define LMO_CUDA_OPS_KEY CUDA
+#endif
+
 namespace lit_microopt {
 
-inline void check_cuda_tensor(const at::Tensor& tensor, const char* name, const at::Tensor& reference,
-                              c10::optional<at::ScalarType> dtype = c10::nullopt) {
-  TORCH_CHECK(tensor.is_cuda(), "lit_microopt: ", name, " must be a CUDA tensor for the CUDA kernel");
-  TORCH_CHECK(tensor.device() == reference.device(), "lit_microopt: ", name, " is on ", tensor.device(),
-              " but the parameter is on ", reference.device(), "; keep an optimizer's tensors on one device");
-  TORCH_CHECK(tensor.is_contiguous(), "lit_microopt: ", name, " must be contiguous");
-  if (dtype) TORCH_CHECK(tensor.scalar_type() == *dtype, "lit_microopt: ", name, " must be ", *dtype, ", got ",
-                         tensor.scalar_type());
-}
+#ifdef LIT_MICROOPT_CUDA_EMULATION
+constexpr c10::DeviceType kCudaKernelDevice = c10::DeviceType::CPU;
+#else
+constexpr c10::DeviceType kCudaKernelDevice = c10::DeviceType::CUDA;
+#endif
 
 // 0 float32, 1 bfloat16, 2 float16 (DtypeCode of cuda_elements.cuh).
 inline int dtype_code(const at::Tensor& tensor, const char* name) {

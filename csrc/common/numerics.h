@@ -45,6 +45,34 @@ LMO_HOST_DEVICE float bits_float(uint32_t bits) {
 #endif
 }
 
+// Division by a number fixed for a whole kernel, without a 64-bit division per element (tens of instructions on
+// a GPU): for dividends below 2^32, a multiply-high, an add and a shift (Granlund and Montgomery's round-up
+// method, exact for every such dividend and 1 <= divisor < 2^31); larger dividends divide.
+struct Divider {
+  explicit Divider(int64_t value) : divisor(value), fast(value >= 1 && value < (int64_t{1} << 31)) {
+    if (!fast) return;
+    while ((int64_t{1} << shift) < value) ++shift;
+    magic = static_cast<uint32_t>((uint64_t{1} << 32) * ((uint64_t{1} << shift) - static_cast<uint64_t>(value)) /
+                                  static_cast<uint64_t>(value) + 1);
+  }
+
+  LMO_HOST_DEVICE int64_t divide(int64_t dividend) const {
+    if (!fast || dividend < 0 || dividend > 0xffffffffLL) return dividend / divisor;
+    const uint32_t low = static_cast<uint32_t>(dividend);
+#ifdef __CUDA_ARCH__
+    const uint32_t high = __umulhi(low, magic);
+#else
+    const uint32_t high = static_cast<uint32_t>((static_cast<uint64_t>(low) * magic) >> 32);
+#endif
+    return static_cast<int64_t>((static_cast<uint64_t>(high) + low) >> shift);
+  }
+
+  int64_t divisor;
+  bool fast;
+  uint32_t magic = 0;
+  int shift = 0;
+};
+
 // bfloat16 as its 16 bits.
 LMO_HOST_DEVICE float bfloat16_to_float(uint16_t bits) { return bits_float(static_cast<uint32_t>(bits) << 16); }
 

@@ -9,37 +9,17 @@
 #include <algorithm>
 #include <vector>
 
+#include "microadam_checks.h"
 #include "microadam_math.h"
 
 namespace lit_microopt {
 namespace microadam {
 namespace {
 
-void check_tensor(const at::Tensor& tensor, const char* name, c10::optional<at::ScalarType> dtype = c10::nullopt) {
-  TORCH_CHECK(tensor.device().is_cpu(), "lit_microopt: ", name, " must be a CPU tensor for the CPU kernel");
-  TORCH_CHECK(tensor.is_contiguous(), "lit_microopt: ", name, " must be contiguous");
-  if (dtype) TORCH_CHECK(tensor.scalar_type() == *dtype, "lit_microopt: ", name, " must be ", *dtype, ", got ",
-                         tensor.scalar_type());
-}
-
 const uint16_t* bf16_data(const at::Tensor& tensor) {
   return reinterpret_cast<const uint16_t*>(tensor.data_ptr<at::BFloat16>());
 }
 uint16_t* bf16_data_mut(at::Tensor& tensor) { return reinterpret_cast<uint16_t*>(tensor.data_ptr<at::BFloat16>()); }
-
-void check_buckets(const at::Tensor& accumulator, const at::Tensor& error_feedback, const at::Tensor& bucket_min,
-                   const at::Tensor& bucket_max, int64_t bucket_size) {
-  check_tensor(accumulator, "accumulator");
-  check_tensor(error_feedback, "error_feedback", at::kByte);
-  check_tensor(bucket_min, "bucket_min", at::kBFloat16);
-  check_tensor(bucket_max, "bucket_max", at::kBFloat16);
-  TORCH_CHECK(bucket_size >= 2 && bucket_size % 2 == 0, "lit_microopt: bucket_size must be even and >= 2");
-  const int64_t numel = accumulator.numel();
-  TORCH_CHECK(error_feedback.numel() == (numel + 1) / 2, "lit_microopt: error_feedback must hold ceil(d/2) bytes");
-  const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
-  TORCH_CHECK(bucket_min.numel() == buckets && bucket_max.numel() == buckets,
-              "lit_microopt: bucket_min and bucket_max must hold ceil(d/bucket_size) entries");
-}
 
 // 4-bit codes, element 2j in the high nibble of byte j, to and from one code per byte. Written as loops over
 // byte pairs, which the compiler vectorises (a code read per element, as unpack_code does, is not).
@@ -70,7 +50,8 @@ LMO_CPU_CLONES void add_dequantized_bucket(const scalar_t* gradient, const uint8
 
 void ef_dequant_add_cpu(at::Tensor accumulator, const at::Tensor& error_feedback, const at::Tensor& bucket_min,
                         const at::Tensor& bucket_max, int64_t bucket_size) {
-  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_kernel_device(accumulator, "accumulator", at::kCPU);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   const int64_t numel = accumulator.numel();
   const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
   const uint8_t* codes = error_feedback.data_ptr<uint8_t>();
@@ -233,24 +214,12 @@ LMO_CPU_CLONES void load_floats(const scalar_t* source, int64_t length, float* d
   for (int64_t j = 0; j < length; ++j) destination[j] = static_cast<float>(source[j]);
 }
 
-// Checks a window row for a tensor of `numel` elements; returns the number of Top-K blocks.
-int64_t check_window_row(const at::Tensor& indices_row, const at::Tensor& values_row, int64_t numel,
-                         int64_t block_size, int64_t k_block, int64_t k_last) {
-  check_tensor(indices_row, "indices_row", at::kShort);
-  check_tensor(values_row, "values_row", at::kBFloat16);
-  TORCH_CHECK(block_size >= 1 && block_size <= 32768, "lit_microopt: block_size must be in [1, 32768]");
-  const int64_t full_blocks = numel / block_size;
-  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
-              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
-  return full_blocks + (k_last > 0 ? 1 : 0);
-}
-
 void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::Tensor values_row, int64_t block_size,
                     int64_t k_block, int64_t k_last) {
-  check_tensor(accumulator, "accumulator");
+  check_kernel_device(accumulator, "accumulator", at::kCPU);
+  const int64_t blocks = check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   const int64_t numel = accumulator.numel();
   const int64_t full_blocks = numel / block_size;
-  const int64_t blocks = check_window_row(indices_row, values_row, numel, block_size, k_block, k_last);
   int16_t* indices = indices_row.data_ptr<int16_t>();
   uint16_t* kept = bf16_data_mut(values_row);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "block_topk", [&] {
@@ -272,8 +241,10 @@ void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::T
 void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
                      at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                      int64_t k_block, bool stochastic, int64_t key) {
-  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-  check_tensor(indices_row, "indices_row", at::kShort);
+  check_kernel_device(accumulator, "accumulator", at::kCPU);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_operand(indices_row, "indices_row", accumulator, at::kShort);
+  check_window_columns(accumulator.numel(), block_size, k_block, indices_row.numel(), "indices_row");
   const int64_t numel = accumulator.numel();
   const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
   const int64_t columns = indices_row.numel();
@@ -309,6 +280,9 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
 void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
                      at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                      int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
+  check_kernel_device(accumulator, "accumulator", at::kCPU);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  const int64_t blocks = check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   if (block_size % bucket_size != 0) {  // blocks and buckets straddle each other: one op after the other
     ef_dequant_add_cpu(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
     block_topk_cpu(accumulator, indices_row, values_row, block_size, k_block, k_last);
@@ -316,10 +290,8 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
                     k_block, stochastic, key);
     return;
   }
-  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   const int64_t numel = accumulator.numel();
   const int64_t full_blocks = numel / block_size;
-  const int64_t blocks = check_window_row(indices_row, values_row, numel, block_size, k_block, k_last);
   int16_t* indices = indices_row.data_ptr<int16_t>();
   uint16_t* kept = bf16_data_mut(values_row);
   const uint8_t* codes_in = error_feedback.data_ptr<uint8_t>();
@@ -373,11 +345,12 @@ LMO_CPU_CLONES void scale(scalar_t* values, int64_t count, float factor) {
 struct WindowSums {
   explicit WindowSums(int64_t block_size) : sum1(block_size, 0.0f), sum2(block_size, 0.0f), held((block_size + 63) / 64, 0) {}
 
-  // Column by column, rows in order (the summation order of the reference), over window columns [first, last).
+  // Row by row, columns in order, over window columns [first, last): each position's entries are summed in
+  // row order, the summation order of the reference and of the CUDA kernel.
   LMO_CPU_CLONES void accumulate(const int16_t* indices, const uint16_t* window, const float* weights1,
                                  const float* weights2, int64_t rows, int64_t columns, int64_t first, int64_t last) {
-    for (int64_t column = first; column < last; ++column) {
-      for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t column = first; column < last; ++column) {
         const int32_t j = indices[row * columns + column];
         const float value = bfloat16_to_float(window[row * columns + column]);
         sum1[j] += multiply(value, weights1[row]);
@@ -408,16 +381,10 @@ struct WindowSums {
 void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                             const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
                             int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
-  check_tensor(param, "param");
-  check_tensor(window_indices, "window_indices", at::kShort);
-  check_tensor(window_values, "window_values", at::kBFloat16);
-  check_tensor(row_weights1, "row_weights1", at::kFloat);
-  check_tensor(row_weights2, "row_weights2", at::kFloat);
-  TORCH_CHECK(window_indices.dim() == 2 && window_values.sizes() == window_indices.sizes(),
-              "lit_microopt: window_indices and window_values must be (rows, k) matrices of the same shape");
-  const int64_t rows = window_indices.size(0), columns = window_indices.size(1);
-  TORCH_CHECK(row_weights1.numel() == rows && row_weights2.numel() == rows,
-              "lit_microopt: row_weights1 and row_weights2 must hold one weight per window row");
+  check_kernel_device(param, "param", at::kCPU);
+  const int64_t rows = check_window(param, window_indices, window_values, row_weights1, row_weights2, block_size,
+                                    k_block);
+  const int64_t columns = window_indices.size(1);
   const int64_t numel = param.numel();
   const int64_t blocks = (columns + k_block - 1) / k_block;
   const int16_t* indices = window_indices.data_ptr<int16_t>();

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../common/cuda_glue.h"
+#include "microadam_checks.h"
 #include "microadam_cuda.h"
 
 namespace lit_microopt {
@@ -14,22 +15,10 @@ namespace {
 const uint16_t* bf16(const at::Tensor& tensor) { return reinterpret_cast<const uint16_t*>(tensor.data_ptr()); }
 uint16_t* bf16_mut(at::Tensor& tensor) { return reinterpret_cast<uint16_t*>(tensor.data_ptr()); }
 
-void check_buckets(const at::Tensor& values, const at::Tensor& codes, const at::Tensor& lows,
-                   const at::Tensor& highs, int64_t bucket_size) {
-  check_cuda_tensor(values, "accumulator", values);
-  check_cuda_tensor(codes, "error_feedback", values, at::kByte);
-  check_cuda_tensor(lows, "bucket_min", values, at::kBFloat16);
-  check_cuda_tensor(highs, "bucket_max", values, at::kBFloat16);
-  TORCH_CHECK(bucket_size >= 2 && bucket_size % 2 == 0, "lit_microopt: bucket_size must be even and >= 2");
-  const int64_t buckets = (values.numel() + bucket_size - 1) / bucket_size;
-  TORCH_CHECK(codes.numel() == (values.numel() + 1) / 2, "lit_microopt: error_feedback must hold ceil(d/2) bytes");
-  TORCH_CHECK(lows.numel() == buckets && highs.numel() == buckets,
-              "lit_microopt: bucket_min and bucket_max must hold ceil(d/bucket_size) entries");
-}
-
 void ef_dequant_add_cuda(at::Tensor accumulator, const at::Tensor& error_feedback, const at::Tensor& bucket_min,
                          const at::Tensor& bucket_max, int64_t bucket_size) {
-  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   const c10::cuda::CUDAGuard guard(accumulator.device());
   check_launch(launch_ef_dequant_add(dtype_code(accumulator, "accumulator"), accumulator.data_ptr(),
                                      error_feedback.data_ptr<uint8_t>(), bf16(bucket_min), bf16(bucket_max),
@@ -39,13 +28,8 @@ void ef_dequant_add_cuda(at::Tensor accumulator, const at::Tensor& error_feedbac
 
 void block_topk_cuda(const at::Tensor& accumulator, at::Tensor indices_row, at::Tensor values_row,
                      int64_t block_size, int64_t k_block, int64_t k_last) {
-  check_cuda_tensor(accumulator, "accumulator", accumulator);
-  check_cuda_tensor(indices_row, "indices_row", accumulator, at::kShort);
-  check_cuda_tensor(values_row, "values_row", accumulator, at::kBFloat16);
-  TORCH_CHECK(block_size >= 1 && block_size <= 32768, "lit_microopt: block_size must be in [1, 32768]");
-  const int64_t full_blocks = accumulator.numel() / block_size;
-  TORCH_CHECK(indices_row.numel() == full_blocks * k_block + k_last && values_row.numel() == indices_row.numel(),
-              "lit_microopt: the window row must hold full_blocks * k_block + k_last entries");
+  check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
+  check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   const c10::cuda::CUDAGuard guard(accumulator.device());
   check_launch(launch_block_topk(dtype_code(accumulator, "accumulator"), accumulator.data_ptr(),
                                  indices_row.data_ptr<int16_t>(), bf16_mut(values_row), accumulator.numel(),
@@ -56,8 +40,10 @@ void block_topk_cuda(const at::Tensor& accumulator, at::Tensor indices_row, at::
 void ef_quantize_cuda(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
                       at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                       int64_t k_block, bool stochastic, int64_t key) {
-  check_buckets(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-  check_cuda_tensor(indices_row, "indices_row", accumulator, at::kShort);
+  check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_operand(indices_row, "indices_row", accumulator, at::kShort);
+  check_window_columns(accumulator.numel(), block_size, k_block, indices_row.numel(), "indices_row");
   const c10::cuda::CUDAGuard guard(accumulator.device());
   check_launch(launch_ef_quantize(dtype_code(accumulator, "accumulator"), accumulator.data_ptr(),
                                   indices_row.data_ptr<int16_t>(), indices_row.numel(),
@@ -71,6 +57,10 @@ void ef_quantize_cuda(at::Tensor accumulator, const at::Tensor& indices_row, at:
 void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
                       at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                       int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
+  // Every argument is checked before the first kernel runs: a refused call changes nothing.
+  check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   ef_dequant_add_cuda(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   block_topk_cuda(accumulator, indices_row, values_row, block_size, k_block, k_last);
   ef_quantize_cuda(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
@@ -80,16 +70,9 @@ void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor
 void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                              const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
                              int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
-  check_cuda_tensor(param, "param", param);
-  check_cuda_tensor(window_indices, "window_indices", param, at::kShort);
-  check_cuda_tensor(window_values, "window_values", param, at::kBFloat16);
-  check_cuda_tensor(row_weights1, "row_weights1", param, at::kFloat);
-  check_cuda_tensor(row_weights2, "row_weights2", param, at::kFloat);
-  TORCH_CHECK(window_indices.dim() == 2 && window_values.sizes() == window_indices.sizes(),
-              "lit_microopt: window_indices and window_values must be (rows, k) matrices of the same shape");
-  const int64_t rows = window_indices.size(0);
-  TORCH_CHECK(row_weights1.numel() == rows && row_weights2.numel() == rows,
-              "lit_microopt: row_weights1 and row_weights2 must hold one weight per window row");
+  check_kernel_device(param, "param", kCudaKernelDevice);
+  const int64_t rows = check_window(param, window_indices, window_values, row_weights1, row_weights2, block_size,
+                                    k_block);
   const c10::cuda::CUDAGuard guard(param.device());
   check_launch(launch_window_adam_update(
                    dtype_code(param, "param"), param.data_ptr(), window_indices.data_ptr<int16_t>(),
@@ -102,7 +85,7 @@ void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lit_microopt, CUDA, m) {
+TORCH_LIBRARY_IMPL(LMO_CUDA_OPS_LIBRARY, LMO_CUDA_OPS_KEY, m) {
   m.impl("ef_dequant_add_", &ef_dequant_add_cuda);
   m.impl("block_topk", &block_topk_cuda);
   m.impl("ef_quantize_", &ef_quantize_cuda);

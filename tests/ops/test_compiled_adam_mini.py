@@ -24,26 +24,50 @@ def require_kernel(device: str) -> None:
 @pytest.mark.parametrize("block_axis", [0, 1])
 @pytest.mark.parametrize("moment_dtype", [None, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_element_wise_pass_matches_the_reference(device, dtype, block_axis, moment_dtype, weight_decay):
-    require_kernel(device)
+def test_element_wise_pass_matches_the_reference(target, dtype, block_axis, moment_dtype, weight_decay):
+    """Against the reference on CPU copies of the inputs, on the CPU kernel, the emulated CUDA kernel and a GPU."""
+    if not target.emulated:
+        require_kernel(target.device)
     generator = torch.Generator().manual_seed(0)
     shape, rows = (12, 10), 12 if block_axis == 0 else 10
-    param = torch.randn(shape, generator=generator).to(device, dtype)
-    grad = torch.randn(shape, generator=generator).to(device, dtype)
-    exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(device, moment_dtype or dtype)
-    row_denominator = (0.5 + torch.rand(rows, generator=generator)).to(device)
+    param = torch.randn(shape, generator=generator).to(dtype)
+    grad = torch.randn(shape, generator=generator).to(dtype)
+    exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(moment_dtype or dtype)
+    row_denominator = 0.5 + torch.rand(rows, generator=generator)
     narrower = exp_avg.element_size() < param.element_size()
-    arguments = dict(block_axis=block_axis, step_size=1e-2, beta1=0.9, lr=1e-2, weight_decay=weight_decay,
-                     stochastic_key=stream_key(5, 3) if narrower else None)
+    key = stream_key(5, 3) if narrower else None
     expected = [param.clone(), exp_avg.clone()]
-    actual = [param.clone(), exp_avg.clone()]
-    reference.apply_moments_(expected[0], grad, expected[1], row_denominator, **arguments)
-    ops._compiled_apply_moments_(actual[0], grad, actual[1], row_denominator, **arguments)
+    reference.apply_moments_(expected[0], grad, expected[1], row_denominator, block_axis=block_axis, step_size=1e-2,
+                             beta1=0.9, lr=1e-2, weight_decay=weight_decay, stochastic_key=key)
+    actual = [param.to(target.device), exp_avg.to(target.device)]
+    target.ops.adam_mini_update_(actual[0], grad.to(target.device), actual[1], row_denominator.to(target.device),
+                                 block_axis, 1e-2, 0.9, 1e-2, weight_decay, key is not None, key or 0)
     tolerance = TOLERANCE[dtype]
-    torch.testing.assert_close(actual[0], expected[0], rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(actual[0].cpu(), expected[0], rtol=tolerance, atol=tolerance)
     # A stochastically rounded m may land on the other neighbour: one ulp of m's dtype.
-    torch.testing.assert_close(actual[1].float(), expected[1].float(), rtol=1e-2 if narrower else tolerance,
+    torch.testing.assert_close(actual[1].float().cpu(), expected[1].float(), rtol=1e-2 if narrower else tolerance,
                                atol=1e-3 if narrower else tolerance)
+
+
+def test_emulated_cuda_kernel_equals_the_cpu_kernel(dtype):
+    """The CUDA and the CPU kernel share their formulas (adam_mini_math.h): the same bits, many grid blocks."""
+    from tests.cuda_emulation import GuardedOps
+
+    require_kernel("cpu")
+    generator = torch.Generator().manual_seed(1)
+    for block_axis, shape in ((0, (64, 48)), (1, (48, 64))):
+        param = torch.randn(shape, generator=generator).to(dtype)
+        grad = torch.randn(shape, generator=generator).to(dtype)
+        exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(dtype)
+        row_denominator = 0.5 + torch.rand(64, generator=generator)
+        results = []
+        for kernels in (torch.ops.lit_microopt, GuardedOps()):
+            state = [param.clone(), exp_avg.clone()]
+            kernels.adam_mini_update_(state[0], grad, state[1], row_denominator, block_axis, 1e-2, 0.9, 1e-2, 0.1,
+                                      False, 0)
+            results.append(state)
+        for cpu_result, emulated_result in zip(*results):
+            assert torch.equal(emulated_result, cpu_result)
 
 
 def _llama(device, dtype):
@@ -70,8 +94,11 @@ def _trajectory(backend, device, dtype, state_dtype, monkeypatch, steps=50):
 
 
 @pytest.mark.parametrize("state_dtype", [None, torch.bfloat16], ids=["m-like-param", "m-bf16"])
-def test_fifty_step_trajectories_agree(device, state_dtype, monkeypatch):
+def test_fifty_step_trajectories_agree(optimizer_target, state_dtype, monkeypatch, request):
+    device = optimizer_target.device
     require_kernel(device)
+    if optimizer_target.emulated:
+        request.getfixturevalue("emulated_kernels_on_cpu")  # the optimizer's ops now run the CUDA source
     expected = _trajectory("reference", device, torch.float32, state_dtype, monkeypatch)
     actual = _trajectory("compiled", device, torch.float32, state_dtype, monkeypatch)
     # A stochastically rounded m flips to its other neighbour where the two float32 values of m differ by an

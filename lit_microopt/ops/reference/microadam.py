@@ -94,7 +94,10 @@ def _pack_codes(codes: torch.Tensor, out: torch.Tensor) -> None:
 def _bucket_units(bucket_min: torch.Tensor, bucket_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per bucket, as float32 columns: ``lo`` and ``u = (hi - lo) / 15`` (step 5)."""
     low = bucket_min.float()
-    return low.view(-1, 1), ((bucket_max.float() - low) / 15).view(-1, 1)
+    # Divided by a tensor: on CUDA, PyTorch computes `tensor / python_number` as a product with the number's
+    # reciprocal, which can be an ulp away from the exact quotient of docs/microadam.md (which every kernel takes).
+    fifteen = torch.full((), 15.0, device=low.device)
+    return low.view(-1, 1), ((bucket_max.float() - low) / fifteen).view(-1, 1)
 
 
 def dequantize(
@@ -260,16 +263,17 @@ def window_adam_update_(
         columns = slice(first_column, min(block_stop * layout.k_block, layout.k))
         offset = block_start * layout.block_size
         length = min(block_stop * layout.block_size, layout.numel) - offset
-        # Positions relative to this slice; the same position may appear in several rows. Entries are taken
-        # column by column (transposed) so that consecutive ones fall in the same block: cache-friendly.
+        # Positions relative to this slice; the same position may appear in several rows.
         positions = window_positions(window_indices[:, columns], layout, first_column) - offset
-        flat_positions = positions.t().reshape(-1)
+        flat_positions = positions.reshape(-1)
         values = window_values[:, columns].float()
-        # Step 6: S1 = sum beta1^age * v, S2 = sum beta2^age * v^2 per position, float32.
+        # Step 6: S1 = sum beta1^age * v, S2 = sum beta2^age * v^2 per position, float32, each position's
+        # entries added in row order (row 0 first): the order of every kernel, so that the sums agree to the bit.
+        # (index_add_ adds in index order on the CPU; on CUDA it uses atomics, whose order varies.)
         sum1 = torch.zeros(length, dtype=torch.float32, device=param.device)
         sum2 = torch.zeros(length, dtype=torch.float32, device=param.device)
-        sum1.index_add_(0, flat_positions, (values * weights1).t().reshape(-1))
-        sum2.index_add_(0, flat_positions, (values * values * weights2).t().reshape(-1))
+        sum1.index_add_(0, flat_positions, (values * weights1).reshape(-1))
+        sum2.index_add_(0, flat_positions, (values * values * weights2).reshape(-1))
         denominator = _sqrt(c2 * sum2[flat_positions]) + eps
         update = torch.where(denominator > 0, c1 * sum1[flat_positions] / denominator, 0.0)
         # Step 7: p -= lr * u. Duplicated positions compute the same new value, so writing it twice is exact.
