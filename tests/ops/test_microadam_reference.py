@@ -180,3 +180,15 @@ def test_slices_bound_the_temporaries(monkeypatch):
     sliced = run()
     for a, b in zip(whole, sliced):
         assert torch.equal(a, b)
+
+
+def test_bucket_units_are_exact_quotients_on_every_device(device):
+    """u = (hi - lo) / 15 is the correctly rounded float32 quotient, as in every kernel. On CUDA, PyTorch computes
+    `tensor / 15` as a product with 1/15, an ulp off in most buckets: the reference divides by a tensor."""
+    generator = torch.Generator().manual_seed(0)
+    low = (-10 * torch.rand(4096, generator=generator)).to(torch.bfloat16)
+    high = (10 * torch.rand(4096, generator=generator)).to(torch.bfloat16)
+    _, unit = reference._bucket_units(low.to(device), high.to(device))
+    difference = high.float() - low.float()
+    exact = (difference.double() / 15).float()  # float32 operands: rounding the float64 quotient is exact
+    assert torch.equal(unit.view(-1).cpu(), exact)
