@@ -115,14 +115,14 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
 
     #: State keys kept on the CPU whatever the parameter's device (step counts and seeds: read without a sync).
     host_state_keys: tuple[str, ...] = ("step", "rounding_seed")
-    #: Instance attributes that pickling and ``copy.deepcopy`` keep besides torch's ``defaults``, ``state`` and
-    #: ``param_groups`` (torch's ``__getstate__`` keeps only those three, and a copy without these cannot step).
-    pickled_attributes: tuple[str, ...] = ("check_finite",)
-
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.update({name: self.__dict__[name] for name in self.pickled_attributes if name in self.__dict__})
-        return state
+        """What pickling and ``copy.deepcopy`` keep: every instance attribute but the hooks.
+
+        torch's ``__getstate__`` keeps only ``defaults``, ``state`` and ``param_groups``; these optimizers keep
+        settings and partitions as attributes too, and a copy without them cannot step. Hooks are left out, as
+        torch leaves them out (``__setstate__`` gives the copy empty ones).
+        """
+        return {key: value for key, value in self.__dict__.items() if not key.startswith("_optimizer_")}
 
     def _reject_repeated_parameters(self, param_group: dict[str, Any], where: str) -> dict[str, Any]:
         """``param_group`` with its ``params`` as a list; ``ValueError`` naming a tensor that it holds twice or that

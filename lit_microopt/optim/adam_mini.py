@@ -253,9 +253,6 @@ class AdamMini(ExactStateOptimizer):
 
     # -- state ---------------------------------------------------------------------------------------
 
-    pickled_attributes = ("heads", "rules", "state_dtype", "check_finite", "_modules_by_name", "partition", "_layouts",
-                          "_shard_blocks", "_constructed")
-
     def _moment_dtype(self, param: torch.Tensor) -> torch.dtype:
         return self.state_dtype or param.dtype
 

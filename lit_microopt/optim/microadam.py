@@ -163,8 +163,6 @@ class MicroAdam(ExactStateOptimizer):
         self.telemetry: MicroAdamTelemetry | None = None
         super().__init__(params, defaults)
 
-    pickled_attributes = ("check_finite", "telemetry", "_telemetry_requested")
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its own hyper-parameters are checked like the constructor's."""
         where = f" in param group {len(self.param_groups)}"

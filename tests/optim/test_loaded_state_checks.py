@@ -79,6 +79,29 @@ def test_only_the_filled_rows_are_checked_and_an_intact_dict_loads():
     refused(optimizer, state_dict, r"window_indices\[1, 1\]")
 
 
+@pytest.mark.parametrize("step, why", [(1.5, "a whole number >= 0"), ("1", "a whole number >= 0")])
+def test_a_step_of_the_wrong_type_is_blamed_alone(step, why):
+    # Issue 15, item 2: the message used to blame m, density and block_size when only the step's type differed.
+    optimizer, _ = issue_reproduction()
+    state_dict = copy.deepcopy(optimizer.state_dict())
+    state_dict["state"][0]["step"] = step
+    before = copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(ValueError, match=f"saved step of .* is {step!r}, but it must be {why}") as raised:
+        optimizer.load_state_dict(state_dict)
+    assert "density" not in str(raised.value)
+    assert tensors_equal(optimizer.state_dict(), before)
+
+
+def test_a_converted_dtype_is_blamed_alone():
+    optimizer, _ = issue_reproduction()
+    state_dict = copy.deepcopy(optimizer.state_dict())
+    state_dict["state"][0]["window_values"] = state_dict["state"][0]["window_values"].float()
+    with pytest.raises(ValueError, match=r"saved window_values of .* is torch.float32 .* needs torch.bfloat16 .*; "
+                                         r"state_dict\(\) keeps every dtype") as raised:
+        optimizer.load_state_dict(state_dict)
+    assert "density" not in str(raised.value)
+
+
 def test_a_negative_step_is_refused():
     optimizer, _ = issue_reproduction()
     state_dict = copy.deepcopy(optimizer.state_dict())

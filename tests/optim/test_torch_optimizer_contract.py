@@ -65,6 +65,9 @@ def test_deepcopy_copies_all_public_attrs(build, how):
         return {key for key in obj.__dict__ if not key.startswith("_")}
 
     assert public(duplicate) == public(optimizer)
+    # Beyond torch's test: every attribute is kept, private ones included; only the hooks are left out, as in torch.
+    not_hooks = {key for key in vars(optimizer) if not key.startswith("_optimizer_")}
+    assert not_hooks <= set(vars(duplicate))
     weight_copy, bias_copy = duplicate.param_groups[0]["params"]
     for _ in range(3):
         step_with_loss(optimizer, weight, bias, inputs)
