@@ -115,6 +115,7 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
 
     #: State keys kept on the CPU whatever the parameter's device (step counts and seeds: read without a sync).
     host_state_keys: tuple[str, ...] = ("step", "rounding_seed")
+
     def __getstate__(self) -> dict[str, Any]:
         """What pickling and ``copy.deepcopy`` keep: every instance attribute but the hooks.
 
