@@ -10,18 +10,30 @@ A mistake in the configuration ends the command with its usage and an ``error:``
 rather than a traceback: what jsonargparse finds while parsing (unknown key, wrong type), what the classes
 raise while being built (a ``pretrained`` folder that does not exist), what building the optimizer raises
 (an out-of-range argument: checked before the run starts), and bad records found while the data loads.
+Before the run starts, :mod:`lit_microopt.cli_checks` checks the ``--ckpt_path`` checkpoint (found, complete, of
+this run's optimizer and settings) and that every output folder can be written. Options are taken by their whole
+names only, checkpoints are written atomically, and the checkpoint callbacks with a ``monitor`` save first.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 import lit_microopt.strategies  # noqa: F401  (registers the strategy names: --trainer.strategy microopt_ddp)
 from lit_microopt.data.records import DataFormatError
 from lit_microopt.models.optimization import OptimizerFromConfig
+from lit_microopt.cli_checks import (
+    RunCannotStart,
+    check_before_running,
+    save_monitored_checkpoints_first,
+    write_checkpoints_atomically,
+)
+from lit_microopt.strategies.checkpoint_io import unreadable_checkpoint_message
 
 PROG = "python -m lit_microopt"
 
@@ -50,6 +62,22 @@ class LitMicroOptCLI(LightningCLI):
         }
         super().__init__(args=args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> Any:
+        """The parser of the command and of each subcommand; it takes options only by their whole names."""
+        # argparse's default would take --trainer.max_epoch for --trainer.max_epochs, and a typo for a setting.
+        return super().init_parser(**{"allow_abbrev": False, **kwargs})
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyper-parameters of a --ckpt_path file while parsing: a truncated file would end
+        # the command there with torch.load's traceback.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            problem = unreadable_checkpoint_message(ckpt_path)
+            if problem is not None:
+                self.fail(problem)
+        super()._parse_ckpt_path()
+
     def fail(self, message: str) -> NoReturn:
         """Print ``message`` as the command line's error (usage line, then ``error: ...``) and exit with status 2."""
         self.parser.error(message)
@@ -61,12 +89,21 @@ class LitMicroOptCLI(LightningCLI):
             super().instantiate_classes()
             if isinstance(self.model, OptimizerFromConfig):
                 self.model.configure_optimizers()  # thrown away: the trainer builds its own when the run starts
-        except (ValueError, TypeError, OSError) as error:
+        except (ValueError, TypeError, OSError, MisconfigurationException) as error:  # e.g. --trainer.devices 0
             self.fail(f"{type(error).__name__}: {error}")
+        write_checkpoints_atomically(self.trainer)
+        save_monitored_checkpoints_first(self.trainer)
 
     def _run_subcommand(self, subcommand: str) -> None:
         # LightningCLI runs trainer.fit / validate / test / predict here; the data is read inside them.
         try:
+            # What would otherwise fail mid-run, or with a traceback: the checkpoint to resume, the output folders.
+            arguments = self.config_init[subcommand]
+            if "ckpt_path" in arguments:
+                arguments["ckpt_path"] = check_before_running(subcommand, self.trainer, self.model,
+                                                              arguments["ckpt_path"])
             super()._run_subcommand(subcommand)
+        except RunCannotStart as error:
+            self.fail(str(error))
         except DataFormatError as error:
             self.fail(f"bad data: {error}")

@@ -9,6 +9,7 @@ work.
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lit_microopt.strategies.checkpoint_io import AtomicCheckpointIO
 from lit_microopt.strategies.compression import TopKCompression, TopKCompressionState, topk_compression_hook
 from lit_microopt.strategies.ddp import MicroOptDDPStrategy
 from lit_microopt.strategies.sharded_state import OptimizerStateSharding, assign_owners
@@ -16,6 +17,7 @@ from lit_microopt.strategies.sharded_state import OptimizerStateSharding, assign
 MicroOptDDPStrategy.register_strategies(StrategyRegistry)
 
 __all__ = [
+    "AtomicCheckpointIO",
     "MicroOptDDPStrategy",
     "OptimizerStateSharding",
     "TopKCompression",

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lit_microopt.strategies.checkpoint_io import AtomicCheckpointIO
 from lit_microopt.strategies.compression import TopKCompression, TopKCompressionState, topk_compression_hook
 from lit_microopt.strategies.sharded_state import OptimizerStateSharding, shard_optimizer
 
@@ -53,7 +54,8 @@ class MicroOptDDPStrategy(DDPStrategy):
         accelerator: as for :class:`~lightning.pytorch.strategies.DDPStrategy` (set by the Trainer).
         parallel_devices: as for ``DDPStrategy`` (set by the Trainer).
         cluster_environment: as for ``DDPStrategy`` (set by the Trainer: SLURM, torchrun, ...).
-        checkpoint_io: as for ``DDPStrategy``.
+        checkpoint_io: as for ``DDPStrategy``; by default an
+            :class:`~lit_microopt.strategies.checkpoint_io.AtomicCheckpointIO` (a kill cannot truncate a checkpoint).
         precision_plugin: as for ``DDPStrategy``.
         ddp_comm_state: the state of a communication hook of your own (``gradient_compression=None`` only).
         ddp_comm_hook: a communication hook of your own (``gradient_compression=None`` only).
@@ -109,7 +111,8 @@ class MicroOptDDPStrategy(DDPStrategy):
             ddp_comm_hook = topk_compression_hook
         super().__init__(
             accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io, precision_plugin=precision_plugin, ddp_comm_state=ddp_comm_state,
+            checkpoint_io=checkpoint_io if checkpoint_io is not None else AtomicCheckpointIO(),
+            precision_plugin=precision_plugin, ddp_comm_state=ddp_comm_state,
             ddp_comm_hook=ddp_comm_hook, ddp_comm_wrapper=ddp_comm_wrapper,
             process_group_backend=process_group_backend, timeout=timeout, start_method=start_method, **kwargs,
         )
