@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lit_microopt import ops
-from lit_microopt.ops.reference.microadam import MAX_BLOCK_SIZE, TopKLayout, slices
+from lit_microopt.ops.reference.microadam import MAX_BLOCK_SIZE, TopKLayout
 from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
@@ -30,7 +30,7 @@ from lit_microopt.optim._dtensor import (
     sharded_state_shapes,
 )
 from lit_microopt.optim._validation import LoadedStateCheck
-from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry
+from lit_microopt.optim.telemetry import MicroAdamStatistics, MicroAdamTelemetry, microadam_statistics
 
 #: Hyper-parameters that shape the state: a saved state only fits an optimizer with the same values.
 LAYOUT_HYPERPARAMETERS = ("m", "density", "block_size", "quant_bucket_size")
@@ -345,48 +345,7 @@ class MicroAdam(ExactStateOptimizer):
 
         if not collect:
             return None
-        return self._statistics(accumulator, state, layout, group, row, filled)
-
-    @staticmethod
-    def _statistics(
-        remainder: torch.Tensor,
-        state: dict[str, torch.Tensor],
-        layout: TopKLayout,
-        group: dict[str, Any],
-        row: int,
-        filled: int,
-    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """The telemetry (``docs/microadam.md``) of one parameter after its step, from the remainder ``r`` that steps 2 to 5
-        left in the accumulator: the sums as one float64 tensor on the parameter's device (read later, once for
-        all parameters), and the counts.
-
-        ``a`` itself is gone, but nothing is lost: ``r = a`` outside the kept positions, and at a kept position
-        ``r = a - bf16(a)`` with ``bf16(a)`` in the window, so ``a = bf16(a) + r`` there (exactly, in float32).
-        """
-        bucket_size = group["quant_bucket_size"]
-        positions = ops.window_positions(state["window_indices"][:filled], layout)  # (filled, k)
-        remainder_kept = remainder[positions[row]].float()
-        accumulator_kept = state["window_values"][row].float() + remainder_kept
-        squares = [remainder_kept, accumulator_kept]  # then ||r||^2, ||Q^-1(e) - r||^2 and ||Q^-1(e)||^2 per slice
-        slice_squares = []
-        for start, stop in slices(layout.numel, bucket_size):
-            # Q^-1(e) through the step's own op, added to zeros; in slices, so that transients stay small.
-            decoded = torch.zeros(stop - start, dtype=torch.float32, device=remainder.device)
-            buckets = slice(start // bucket_size, -(-stop // bucket_size))
-            ops.ef_dequant_add_(decoded, state["error_feedback"][start // 2 : (stop + 1) // 2],
-                                state["bucket_min"][buckets], state["bucket_max"][buckets], bucket_size)
-            exact = remainder[start:stop].float()
-            slice_squares.append(torch.stack(torch._foreach_norm([exact, decoded - exact, decoded])))
-        norms = torch.cat([torch.stack(torch._foreach_norm(squares)), *slice_squares]).double().square()
-        # Per slice rows of (r, error, e) summed, after the two kept-entry sums.
-        remainder_sq, quantization_sq, error_feedback_sq = norms[2:].view(-1, 3).sum(dim=0)
-        discarded_sq = remainder_sq - norms[0]  # ||a - TopK(a)||^2: r outside the kept positions
-        accumulator_sq = discarded_sq + norms[1]
-        held = torch.zeros(layout.numel, dtype=torch.bool, device=remainder.device)
-        held[positions.view(-1)] = True
-        values = torch.stack([accumulator_sq, discarded_sq, remainder_sq, quantization_sq, error_feedback_sq,
-                              held.sum().double()])
-        return values, (filled * layout.k, group["m"] * layout.k, layout.numel)
+        return microadam_statistics(accumulator, state, layout, group, row, filled)
 
     @staticmethod
     def _gather_telemetry(pending: list, groups: int) -> MicroAdamTelemetry:
