@@ -12,6 +12,7 @@ from about 100x on 2 ranks to 10x on 20 (see ``benchmarks/compression_bytes.py``
 """
 
 # No ``from __future__ import annotations``: DDP checks the hook's annotations as objects.
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,47 @@ class TopKCompressionState:
     def compression_ratio(self) -> float:
         """Bytes sent over the bytes a dense all-reduce would have sent, over the compressed steps so far."""
         return self.bytes_sent / self.dense_bytes if self.dense_bytes else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as this one would: the error feedback (on the CPU), step and counters.
+
+        Example:
+            >>> TopKCompressionState().state_dict()["iteration"]
+            0
+        """
+        return {
+            "compression": dataclasses.asdict(self.compression),
+            "iteration": self.iteration,
+            "bytes_sent": self.bytes_sent,
+            "dense_bytes": self.dense_bytes,
+            "error_feedback": {
+                index: {"numel": feedback.numel, "codes": feedback.codes.cpu(), "bucket_min": feedback.bucket_min.cpu(),
+                        "bucket_max": feedback.bucket_max.cpu()}
+                for index, feedback in self.error_feedback.items()
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Take the state :meth:`state_dict` returned, its tensors on ``device`` (where the gradients are).
+
+        Raises:
+            ValueError: the state was saved with other compression settings; nothing is loaded.
+        """
+        saved = TopKCompression(**state_dict["compression"])
+        if saved != self.compression:
+            raise ValueError(
+                f"TopKCompressionState: the state was saved with {saved}, but this run compresses with "
+                f"{self.compression}; resume with the same gradient_compression settings."
+            )
+        error_feedback = {}
+        for index, saved_feedback in state_dict["error_feedback"].items():
+            feedback = _ErrorFeedback(saved_feedback["numel"], self.compression.quant_bucket_size, torch.device(device))
+            for name in ("codes", "bucket_min", "bucket_max"):
+                getattr(feedback, name).copy_(saved_feedback[name])
+            error_feedback[int(index)] = feedback
+        self.error_feedback = error_feedback
+        self.iteration = int(state_dict["iteration"])
+        self.bytes_sent, self.dense_bytes = int(state_dict["bytes_sent"]), int(state_dict["dense_bytes"])
 
     def error_feedback_bytes(self) -> int:
         """Bytes of error feedback this rank holds."""

@@ -21,6 +21,8 @@ from lit_microopt.strategies.checkpoint_io import AtomicCheckpointIO
 from lit_microopt.strategies.compression import TopKCompression, TopKCompressionState, topk_compression_hook
 from lit_microopt.strategies.sharded_state import OptimizerStateSharding, shard_optimizer
 
+#: The checkpoint entry holding each rank's compression state (error feedback), a list by rank.
+COMPRESSION_CHECKPOINT_KEY = "microopt_ddp_compression"
 #: Registry names: ``(name, description, shard_optimizer_state, gradient compression on, start method)``.
 REGISTERED_NAMES = (
     ("microopt_ddp", "sharded optimizer state and Top-K compressed gradients", True, True, "popen"),
@@ -183,6 +185,41 @@ class MicroOptDDPStrategy(DDPStrategy):
             else:
                 sharding.load_state_dict(state_dict)
             _optimizer_to_device(optimizer, self.root_device)
+        # Restored with the rest of the training state (fit only), before the first synchronised step.
+        self._restore_compression_state(checkpoint)
+
+    # -- the compression hook's state in checkpoints ------------------------------------------------------
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Save as ``DDPStrategy`` does, with every rank's compression state (its error feedback) in the checkpoint.
+
+        Every rank calls this; rank 0 gathers the states and writes the file.
+        """
+        state = self.compression_state
+        if state is not None and "optimizer_states" in checkpoint and torch.distributed.is_initialized():
+            per_rank = [None] * self.world_size if self.is_global_zero else None
+            torch.distributed.gather_object(state.state_dict(), per_rank, dst=0)
+            if self.is_global_zero:
+                checkpoint[COMPRESSION_CHECKPOINT_KEY] = per_rank
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def _restore_compression_state(self, checkpoint: Mapping[str, Any]) -> None:
+        state = self.compression_state
+        if state is None:
+            return
+        per_rank = checkpoint.get(COMPRESSION_CHECKPOINT_KEY)
+        if per_rank is None:
+            rank_zero_warn("MicroOptDDPStrategy: the checkpoint holds no gradient-compression state; the error "
+                           "feedback starts from zero, so the run goes on differently than it would have.")
+        elif len(per_rank) != self.world_size:
+            rank_zero_warn(f"MicroOptDDPStrategy: the checkpoint's gradient-compression state is of {len(per_rank)} "
+                           f"processes, this run has {self.world_size}; the error feedback starts from zero.")
+        else:
+            try:
+                state.load_state_dict(per_rank[self.global_rank], device=self.root_device)
+            except ValueError as error:
+                rank_zero_warn(f"{error} The error feedback starts from zero.")
 
     @override
     def teardown(self) -> None:
@@ -203,4 +240,4 @@ class MicroOptDDPStrategy(DDPStrategy):
             )
 
 
-__all__ = ["REGISTERED_NAMES", "MicroOptDDPStrategy"]
+__all__ = ["COMPRESSION_CHECKPOINT_KEY", "REGISTERED_NAMES", "MicroOptDDPStrategy"]
