@@ -17,12 +17,14 @@ names only, checkpoints are written atomically, and the checkpoint callbacks wit
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import lit_microopt.strategies  # noqa: F401  (registers the strategy names: --trainer.strategy microopt_ddp)
 from lit_microopt.data.records import DataFormatError
@@ -36,6 +38,34 @@ from lit_microopt.cli_checks import (
 from lit_microopt.strategies.checkpoint_io import unreadable_checkpoint_message
 
 PROG = "python -m lit_microopt"
+
+
+class RankZeroStderrHandler(logging.StreamHandler):
+    """Writes records to the current ``sys.stderr`` (looked up at each record), from the process of rank zero only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))  # as Lightning shows its own
+        self.addFilter(lambda record: rank_zero_only.rank == 0)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current stderr, so that a replaced one (a test's capture) is followed
+
+
+def show_package_logs() -> None:
+    """Show the package's INFO records on stderr, once per run (rank zero): Adam-mini's partition summary, the sizes of
+    the data sets, the checks before a run. Nothing changes where the application set the level or a handler itself.
+    """
+    package_logger = logging.getLogger("lit_microopt")
+    if package_logger.level == logging.NOTSET:
+        package_logger.setLevel(logging.INFO)
+    if not package_logger.handlers:
+        package_logger.addHandler(RankZeroStderrHandler())
 
 
 class LitMicroOptCLI(LightningCLI):
@@ -60,6 +90,7 @@ class LitMicroOptCLI(LightningCLI):
             "parser_kwargs": {"prog": PROG},
             **kwargs,
         }
+        show_package_logs()
         super().__init__(args=args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> Any:

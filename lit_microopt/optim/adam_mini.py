@@ -14,6 +14,7 @@ partition, the state and the order of the step.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -189,6 +190,16 @@ class AdamMini(ExactStateOptimizer):
         super().__init__(params, defaults)
         self._constructed = True
         logger.info(summarize_partition(self.partition))
+        if self.heads.n_heads is not None and self.partition and not any(
+            layout.role == "head" for layout in self.partition.values()
+        ):
+            # Names outside the known ones (timm's attn.qkv, diffusers' to_q / to_k) would silently get row blocks.
+            warnings.warn(
+                f"AdamMini: n_heads={self.heads.n_heads} was given, but no parameter was recognised as a query, key "
+                "or fused qkv weight (by the last part of its name, e.g. q_proj, k_proj, c_attn), so none has head "
+                "blocks; give such weights their role with rules=[(pattern, 'head')], or leave n_heads out.",
+                stacklevel=2,
+            )
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, **kwargs: Any) -> AdamMini:
