@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from typing_extensions import override
 
 from lit_microopt.callbacks._monitor import OptimizerMonitor, logging_step
 from lit_microopt.callbacks._optimizers import layer_of, param_group_names
@@ -52,6 +53,8 @@ class _Summary:
         self.samples: list[torch.Tensor] = []
 
     def add(self, rates: torch.Tensor, sample: torch.Tensor) -> None:
+        if rates.numel() == 0:
+            return
         low, high = torch.aminmax(rates)
         self.lows.append(low)
         self.highs.append(high)
@@ -74,12 +77,15 @@ class BlockLRMonitor(OptimizerMonitor):
 
     Adam-mini divides each block's update by one shared ``sqrt(v_b)``, so every block has one effective
     learning rate ``lr / (1 - beta1^t) / (sqrt(v_b / (1 - beta2^t)) + eps)`` (``AdamMini.effective_learning_rates()``).
-    On each step whose metrics Lightning logs, after the step, this callback logs their min, median and max:
+    On each step whose metrics Lightning logs, after the step, this callback logs their min, median and max, at
+    the learning rate that step used (read before the scheduler changes it):
 
     - ``adam_mini/block_lr/<role>/{min,median,max}`` for each role (``head``, ``row``, ``tensor``, ``element``);
     - ``adam_mini/block_lr/layer/<layer>/{min,median,max}`` for each layer (the parameter name up to its first
       number, ``model.layers.3``; else its module, ``lm_head``), with ``per_layer=True``;
     - ``adam_mini/<group>/block_lr/<role>/{min,median,max}`` per param group when there are several;
+    - ``.../without_gradient`` beside each summary: the blocks (elements for Adam) whose ``v`` is still 0, whose
+      rate ``lr / eps`` is left out of the summary (it would swamp it: unused embedding rows, frozen paths);
     - with a ``TensorBoardLogger``, histograms of ``log10`` of the rates: ``adam_mini/block_lr/<role>/log10``
       (and ``.../layer/<layer>/log10``), the whole distribution.
 
@@ -123,6 +129,7 @@ class BlockLRMonitor(OptimizerMonitor):
         self.per_layer = per_layer
         self.histograms = histograms
         self.max_samples_per_parameter = max_samples_per_parameter
+        self._step_lrs: dict[Any, list[float]] = {}  # each optimizer -> its groups' learning rates at a logged step
 
     def understands(self, optimizer: Any) -> bool:
         return isinstance(optimizer, (AdamMini, torch.optim.Adam, torch.optim.AdamW))
@@ -130,28 +137,41 @@ class BlockLRMonitor(OptimizerMonitor):
     def metric_prefix(self, optimizer: Any) -> str:
         return "adam_mini" if isinstance(optimizer, AdamMini) else type(optimizer).__name__.lower()
 
+    @override
+    def prepare_logged_step(self, optimizer: Any) -> None:
+        # Lightning steps the schedulers before on_train_batch_end: by then group["lr"] is the next step's.
+        self._step_lrs[optimizer] = [float(group["lr"]) for group in optimizer.param_groups]
+
     def collect(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, prefix: str, logged: bool
     ) -> dict[str, float]:
         if not logged:
             return {}
         summaries: dict[str, _Summary] = defaultdict(_Summary)
+        without_gradient: dict[str, list[torch.Tensor]] = defaultdict(list)
         group_names = param_group_names(optimizer)
-        for group_index, name, role, rates in self._effective_learning_rates(optimizer, pl_module):
-            rates = rates.reshape(-1)
+        step_lrs = self._step_lrs.pop(optimizer, None)
+        for group_index, name, role, rates, received in self._effective_learning_rates(optimizer, pl_module, step_lrs):
+            received = received.reshape(-1)
+            rates = rates.reshape(-1)[received]
             sample = spread_sample(rates, self.max_samples_per_parameter)
             keys = [f"{prefix}/block_lr/{role}"]
             if self.per_layer:
                 keys.append(f"{prefix}/block_lr/layer/{layer_of(name)}")
             if group_names:
                 keys.append(f"{prefix}/{group_names[group_index]}/block_lr/{role}")
+            missing = (~received).sum()
             for key in keys:
                 summaries[key].add(rates, sample)
-        if not summaries:
+                without_gradient[key].append(missing)
+        if not without_gradient:
             return {}
-        # One device synchronisation for all the summaries.
-        values = torch.stack([summary.statistics() for summary in summaries.values()]).tolist()
-        metrics = {}
+        summaries = {key: summary for key, summary in summaries.items() if summary.samples}
+        # One device synchronisation for all the summaries and counts.
+        device = next(iter(without_gradient.values()))[0].device
+        counts = torch.stack([torch.stack(values).to(device).sum() for values in without_gradient.values()]).tolist()
+        values = torch.stack([summary.statistics() for summary in summaries.values()]).tolist() if summaries else []
+        metrics = {f"{key}/without_gradient": float(count) for key, count in zip(without_gradient, counts)}
         for key, (low, median, high) in zip(summaries, values):
             metrics.update({f"{key}/min": low, f"{key}/median": median, f"{key}/max": high})
         if self.histograms:
@@ -159,15 +179,24 @@ class BlockLRMonitor(OptimizerMonitor):
         return metrics
 
     def _effective_learning_rates(
-        self, optimizer: Any, pl_module: pl.LightningModule
-    ) -> list[tuple[int, str, str, torch.Tensor]]:
-        """``(param group index, parameter name, role, rates)`` for every parameter that has taken a step."""
+        self, optimizer: Any, pl_module: pl.LightningModule, step_lrs: list[float] | None
+    ) -> list[tuple[int, str, str, torch.Tensor, torch.Tensor]]:
+        """``(param group index, parameter name, role, rates, whether v > 0)`` for every parameter that has taken a
+        step, at the learning rates ``step_lrs`` of its param groups (``None``: the groups' current ones)."""
         if isinstance(optimizer, AdamMini):
-            rates = optimizer.effective_learning_rates()
+            current = [group["lr"] for group in optimizer.param_groups]
+            try:  # the rates at the learning rate the step used: the optimizer reads it from its groups
+                for group, lr in zip(optimizer.param_groups, step_lrs or current):
+                    group["lr"] = lr
+                rates = optimizer.effective_learning_rates()
+            finally:
+                for group, lr in zip(optimizer.param_groups, current):
+                    group["lr"] = lr
             return [
-                (group_index, name, optimizer.partition[name].role, rates[name])
+                (group_index, name, optimizer.partition[name].role, rates[name],
+                 optimizer.state[param]["exp_avg_sq"] > 0)
                 for group_index, group in enumerate(optimizer.param_groups)
-                for name in group["param_names"]
+                for name, param in zip(group["param_names"], group["params"])
                 if name in rates
             ]
         # Adam keeps no names: take them, and the modules that tell a Hugging Face Conv1D apart, from the model.
@@ -182,7 +211,9 @@ class BlockLRMonitor(OptimizerMonitor):
                     continue
                 name = given[index] if given else names.get(id(param), f"param_groups[{group_index}].params[{index}]")
                 role = self._adam_mini_role(name, param, modules.get(name))
-                found.append((group_index, name, role, adam_effective_learning_rates(group, state)))
+                used = group if step_lrs is None else {**group, "lr": step_lrs[group_index]}
+                received = (state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]) > 0
+                found.append((group_index, name, role, adam_effective_learning_rates(used, state), received))
         return found
 
     @staticmethod

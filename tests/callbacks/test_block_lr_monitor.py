@@ -84,7 +84,8 @@ def test_adam_rates_per_element_with_adam_mini_s_roles(tmp_path):
     }
     roles["element"] = [name for name, _ in module.named_parameters() if not any(name in n for n in roles.values())]
     assert set(metrics) == {"train_loss"} | {
-        f"adamw/block_lr/{role}/{statistic}" for role in ROLES for statistic in ("min", "median", "max")
+        f"adamw/block_lr/{role}/{statistic}" for role in ROLES
+        for statistic in ("min", "median", "max", "without_gradient")
     }
     for role, names in roles.items():
         expected = summary([rates(name) for name in names])
