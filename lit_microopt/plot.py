@@ -2,6 +2,8 @@
 
 Reads the ``metrics.csv`` that Lightning's ``CSVLogger`` writes and draws, for the metrics that are there:
 
+- ``training.png``: the losses (training and validation) and the learning rates
+  (:class:`~lightning.pytorch.callbacks.LearningRateMonitor`) over steps;
 - ``compression.png``: MicroAdam's compression and quantization errors and error-feedback norm over steps
   (:class:`~lit_microopt.callbacks.CompressionMonitor`);
 - ``window.png``: MicroAdam's window support and occupancy (:class:`~lit_microopt.callbacks.WindowMonitor`);
@@ -14,7 +16,8 @@ Reads the ``metrics.csv`` that Lightning's ``CSVLogger`` writes and draws, for t
 Run:
     python -m lit_microopt plot RUN_DIR [--out DIR]
 
-``RUN_DIR`` is the CSVLogger's version folder (``.../version_0``) or any folder above one run's.
+``RUN_DIR`` is the CSVLogger's version folder (``.../version_0``), a ``metrics.csv`` file, or a folder above runs:
+the newest ``metrics.csv`` of a ``fit`` run is read (a ``test`` run logs no training metrics), and named.
 """
 
 from __future__ import annotations
@@ -37,12 +40,22 @@ ROLES = ("head", "row", "tensor", "element")
 Series = tuple[list[int], list[float]]  # steps, values
 
 
+def is_fit_run(path: Path) -> bool:
+    """Whether the ``metrics.csv`` at ``path`` is a training run's: it has columns other than ``test_*`` ones."""
+    with open(path, newline="") as file:
+        header = next(csv.reader(file), [])
+    return any(name not in ("step", "epoch") and not name.startswith("test") for name in header)
+
+
 def find_metrics_file(run_dir: Path) -> Path:
-    """The ``metrics.csv`` of the run in ``run_dir``: its own, else the newest one below it.
+    """The ``metrics.csv`` of the run in ``run_dir``: ``run_dir`` itself when it is the file, its own, else the
+    newest of a fit run below it (else the newest one).
 
     Raises:
         FileNotFoundError: there is none.
     """
+    if run_dir.is_file():
+        return run_dir
     own = run_dir / "metrics.csv"
     if own.is_file():
         return own
@@ -51,7 +64,8 @@ def find_metrics_file(run_dir: Path) -> Path:
         raise FileNotFoundError(
             f"No metrics.csv in or below {run_dir}; pass the folder a CSVLogger wrote (e.g. lightning_logs/version_0)."
         )
-    return found[-1]
+    fit_runs = [path for path in found if is_fit_run(path)]
+    return (fit_runs or found)[-1]
 
 
 def read_metrics(path: Path) -> dict[str, Series]:
@@ -85,6 +99,25 @@ def _figure(rows: int, columns: int = 1, height: float = 3.0) -> tuple[Any, Any]
 def _save(figure: Any, path: Path) -> Path:
     figure.savefig(path, dpi=100)
     return path
+
+
+def plot_training(metrics: dict[str, Series], out_dir: Path) -> Path | None:
+    """The losses (``train_loss``, ``val_loss``, ...) and the learning rates (``lr-*``) over steps."""
+    losses = {name: series for name, series in metrics.items() if name.endswith("loss") and "/" not in name}
+    rates = {name: series for name, series in metrics.items() if name.startswith("lr-")}
+    panels = [(label, series, log) for label, series, log in (("loss", losses, False), ("learning rate", rates, False))
+              if series]
+    if not panels:
+        return None
+    figure, axes = _figure(len(panels))
+    for ax, (label, series, _) in zip(axes, panels):
+        for name, (steps, values) in sorted(series.items()):
+            ax.plot(steps, values, marker="." if len(steps) < 50 else None, label=name)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    axes[-1].set_xlabel("step")
+    figure.suptitle("Training")
+    return _save(figure, out_dir / "training.png")
 
 
 def plot_compression(metrics: dict[str, Series], out_dir: Path) -> Path | None:
@@ -209,13 +242,19 @@ def plot_memory(metrics: dict[str, Series], out_dir: Path) -> Path | None:
     return _save(figure, out_dir / "memory.png")
 
 
+def default_out_dir(run_dir: Path) -> Path:
+    """Where the figures of ``run_dir`` go by default: ``RUN_DIR/plots`` (beside the file for a ``metrics.csv``)."""
+    return (run_dir.parent if run_dir.is_file() else run_dir) / "plots"
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw the figures of the run in ``run_dir`` into ``out_dir`` (default ``RUN_DIR/plots``).
 
     Figures whose metrics the run did not log are left out.
 
     Args:
-        run_dir: the CSVLogger's version folder, or a folder above it (the newest ``metrics.csv`` is used).
+        run_dir: the CSVLogger's version folder, its ``metrics.csv``, or a folder above (see
+            :func:`find_metrics_file`).
         out_dir: where the PNG files go; created if needed.
 
     Returns:
@@ -227,11 +266,11 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         >>> plot_run("lightning_logs/version_0")  # doctest: +SKIP
         [PosixPath('lightning_logs/version_0/plots/compression.png'), ...]
     """
-    run_dir = Path(run_dir)
-    metrics = read_metrics(find_metrics_file(run_dir))
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    metrics_file = find_metrics_file(Path(run_dir))
+    metrics = read_metrics(metrics_file)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(Path(run_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [plot_compression(metrics, out_dir), plot_window(metrics, out_dir)]
+    written = [plot_training(metrics, out_dir), plot_compression(metrics, out_dir), plot_window(metrics, out_dir)]
     written += plot_block_lr(metrics, out_dir)
     written.append(plot_memory(metrics, out_dir))
     return [path for path in written if path is not None]
@@ -247,14 +286,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/plots)")
     arguments = parser.parse_args(argv)
     try:
-        written = plot_run(arguments.run_dir, arguments.out)
+        metrics_file = find_metrics_file(arguments.run_dir)
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 1
+    print(f"Reading {metrics_file}", file=sys.stderr)  # which run, when a folder holds several
+    written = plot_run(metrics_file, arguments.out or default_out_dir(arguments.run_dir))
     if not written:
         print(
-            f"Nothing to draw: the run in {arguments.run_dir} logged no metrics of the lit_microopt callbacks; add "
-            "CompressionMonitor, WindowMonitor, BlockLRMonitor or OptimizerMemoryMonitor to the Trainer.",
+            f"Nothing to draw: {metrics_file} holds no losses, learning rates or metrics of the lit_microopt "
+            "callbacks; log with a CSVLogger and add LearningRateMonitor, CompressionMonitor, WindowMonitor, "
+            "BlockLRMonitor or OptimizerMemoryMonitor to the Trainer.",
             file=sys.stderr,
         )
         return 1

@@ -42,7 +42,7 @@ def test_draws_every_figure_of_a_monitored_run(tmp_path):
     write_metrics(tmp_path / "run" / "version_0" / "metrics.csv", monitored_run())
     written = plot_run(tmp_path / "run" / "version_0", tmp_path / "figures")
 
-    names = ["compression.png", "window.png", "block_lr.png", "block_lr_heatmap.png", "memory.png"]
+    names = ["training.png", "compression.png", "window.png", "block_lr.png", "block_lr_heatmap.png", "memory.png"]
     assert written == [tmp_path / "figures" / name for name in names]
     for path in written:
         assert path.read_bytes().startswith(PNG_SIGNATURE)
@@ -59,7 +59,7 @@ def test_draws_only_what_was_logged_and_finds_the_run_below_a_folder(tmp_path):
     rows = [{"step": 0, "optim/state_bytes": 8e3, "optim/state_bytes_per_param": 8.0,
              "optim/state_ratio_to_adamw": 1.0}, {"step": 9, "train_loss": 0.5}]
     write_metrics(tmp_path / "logs" / "version_3" / "metrics.csv", rows)
-    assert plot_run(tmp_path / "logs") == [tmp_path / "logs" / "plots" / "memory.png"]
+    assert plot_run(tmp_path / "logs") == [tmp_path / "logs" / "plots" / name for name in ("training.png", "memory.png")]
 
 
 def test_command_line(tmp_path, capsys):
@@ -67,7 +67,7 @@ def test_command_line(tmp_path, capsys):
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
     assert str(tmp_path / "out" / "memory.png") in capsys.readouterr().out
 
-    write_metrics(tmp_path / "bare" / "metrics.csv", [{"step": 1, "train_loss": 0.5}])
+    write_metrics(tmp_path / "bare" / "metrics.csv", [{"step": 1, "grad_norm": 0.5}])
     assert main([str(tmp_path / "bare")]) == 1
     assert "CompressionMonitor" in capsys.readouterr().err
 
