@@ -132,8 +132,10 @@ def _check_writable(folder: str, what: str) -> None:
 
 
 def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
-    folders = [Path(callback.dirpath) for callback in trainer.checkpoint_callbacks
-               if isinstance(callback, ModelCheckpoint) and callback.dirpath and _is_local_file_protocol(callback.dirpath)]
+    folders = [
+        Path(callback.dirpath) for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath and _is_local_file_protocol(callback.dirpath)
+    ]
     return list(dict.fromkeys(folders))
 
 
