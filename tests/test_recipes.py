@@ -16,6 +16,28 @@ from lit_microopt.data import build_char_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(path.name for path in CONFIGS.glob("*.yaml"))
+#: The quickstart's variants are overlays of configs/quickstart.yaml, given after it.
+BASE = "quickstart.yaml"
+
+
+def config_files(recipe: str) -> list[Path]:
+    """The files a recipe is run with: the base first for an overlay of the quickstart."""
+    overlay = recipe.startswith("quickstart_")
+    return [CONFIGS / BASE, CONFIGS / recipe] if overlay else [CONFIGS / recipe]
+
+
+def model_arguments(recipe: str) -> dict:
+    """The model's init_args of a recipe. An overlay's optimizer or schedule keeps the base's init_args that it
+    does not give, as jsonargparse does when the class changes."""
+    arguments: dict = {}
+    for path in config_files(recipe):
+        for key, value in yaml.safe_load(path.read_text()).get("model", {}).get("init_args", {}).items():
+            if isinstance(value, dict) and isinstance(arguments.get(key), dict):
+                merged = {**arguments[key], **value}
+                merged["init_args"] = {**arguments[key].get("init_args", {}), **value.get("init_args", {})}
+                value = merged
+            arguments[key] = value
+    return arguments
 #: Shared by every recipe test: CPU, two optimizer steps, one validation batch.
 FEW_STEPS = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.max_steps", "2",
              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
@@ -82,7 +104,8 @@ def stand_ins(recipe: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains_a_few_steps_with_tiny_stand_ins(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(CONFIGS / recipe), *stand_ins(recipe, tmp_path), *FEW_STEPS])
+    configs = [argument for path in config_files(recipe) for argument in ("--config", str(path))]
+    main(["fit", *configs, *stand_ins(recipe, tmp_path), *FEW_STEPS])
     [checkpoint] = (tmp_path / "runs").glob("*/checkpoints/last.ckpt")
     assert torch.load(checkpoint, weights_only=False)["global_step"] == 2
 
@@ -90,7 +113,7 @@ def test_recipe_trains_a_few_steps_with_tiny_stand_ins(recipe, tmp_path, monkeyp
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_writes_out_every_optimizer_and_schedule_argument(recipe):
     """jsonargparse fills missing arguments from the class's defaults: a recipe must not depend on them."""
-    model = yaml.safe_load((CONFIGS / recipe).read_text())["model"]["init_args"]
+    model = model_arguments(recipe)
     for key in ("optimizer", "lr_scheduler"):
         module, _, name = model[key]["class_path"].rpartition(".")
         parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "microadam_checks.h"
+#include "microadam_chunks.h"
 #include "microadam_math.h"
 
 namespace lit_microopt {
@@ -34,7 +35,7 @@ LMO_CPU_CLONES void pack_codes(const uint8_t* codes, int64_t count, uint8_t* pac
   for (int64_t i = 0; i < (count + 1) / 2; ++i) packed[i] = static_cast<uint8_t>((codes[2 * i] << 4) | codes[2 * i + 1]);
 }
 
-// Step 2 on one bucket of `count` elements: out = a + Q^-1(e), rounded to a's dtype as the op stores it.
+// Step 2 on one bucket of `count` elements: out = g + Q^-1(e), computed in float32 and stored as out_t.
 // `codes` is scratch space for count + 1 codes.
 template <typename scalar_t, typename out_t>
 LMO_CPU_CLONES void add_dequantized_bucket(const scalar_t* gradient, const uint8_t* packed, uint16_t low_bits,
@@ -44,7 +45,7 @@ LMO_CPU_CLONES void add_dequantized_bucket(const scalar_t* gradient, const uint8
   unpack_codes(packed, count, codes);
   for (int64_t j = 0; j < count; ++j) {
     const float sum = static_cast<float>(gradient[j]) + dequantize(codes[j], low, unit);
-    out[j] = static_cast<out_t>(static_cast<scalar_t>(sum));
+    out[j] = static_cast<out_t>(sum);  // rounded to the gradient's dtype by the op, kept float32 by the fused pass
   }
 }
 
@@ -237,14 +238,11 @@ void block_topk_cpu(const at::Tensor& accumulator, at::Tensor indices_row, at::T
   });
 }
 
-// Steps 4 and 5: remove the kept entries' bfloat16 values, then quantize the remainder per bucket.
-void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
-                     at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
-                     int64_t k_block, bool stochastic, int64_t key) {
-  check_kernel_device(accumulator, "accumulator", at::kCPU);
-  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-  check_operand(indices_row, "indices_row", accumulator, at::kShort);
-  check_window_columns(accumulator.numel(), block_size, k_block, indices_row.numel(), "indices_row");
+// Steps 4 and 5: remove the kept entries' bfloat16 values, then quantize the remainder per bucket. The random
+// stream of stochastic rounding is indexed by element from `first_element` (a chunk's offset in its tensor).
+void quantize_remainder(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
+                        at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
+                        int64_t k_block, bool stochastic, int64_t key, int64_t first_element) {
   const int64_t numel = accumulator.numel();
   const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
   const int64_t columns = indices_row.numel();
@@ -266,17 +264,29 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
       for (int64_t bucket = begin; bucket < end; ++bucket) {
         const int64_t start = bucket * bucket_size, length = std::min(bucket_size, numel - start);
         load_floats(values + start, length, bucket_values.data());
-        quantize_bucket(bucket_values.data(), length, start, stochastic, static_cast<uint32_t>(key), lows + bucket,
-                        highs + bucket, codes + (start >> 1), scratch.data());
+        quantize_bucket(bucket_values.data(), length, first_element + start, stochastic, static_cast<uint32_t>(key),
+                        lows + bucket, highs + bucket, codes + (start >> 1), scratch.data());
       }
     });
   });
 }
 
+void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
+                     at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
+                     int64_t k_block, bool stochastic, int64_t key) {
+  check_kernel_device(accumulator, "accumulator", at::kCPU);
+  check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+  check_operand(indices_row, "indices_row", accumulator, at::kShort);
+  check_window_columns(accumulator.numel(), block_size, k_block, indices_row.numel(), "indices_row");
+  quantize_remainder(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
+                     stochastic, key, 0);
+}
+
 // Steps 2 to 5 in one pass per Top-K block, when blocks are made of whole buckets: the block is dequantized
-// into a float buffer (rounded to the gradient's dtype, as the separate ops store it), its Top-K written to the
+// into a float32 buffer (the accumulator is float32 whatever the gradient's dtype), its Top-K written to the
 // window, the kept entries removed and its buckets quantized, all while it sits in cache. The gradient buffer
-// is not written back: after the step its content is unspecified.
+// is not written back: after the step its content is unspecified. Otherwise the three steps run one after the
+// other, on float32 chunks of a bfloat16 or float16 gradient.
 void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
                      at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                      int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
@@ -284,10 +294,21 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   const int64_t blocks = check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   if (block_size % bucket_size != 0) {  // blocks and buckets straddle each other: one op after the other
-    ef_dequant_add_cpu(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-    block_topk_cpu(accumulator, indices_row, values_row, block_size, k_block, k_last);
-    ef_quantize_cpu(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
-                    k_block, stochastic, key);
+    if (accumulator.scalar_type() == at::kFloat) {
+      ef_dequant_add_cpu(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+      block_topk_cpu(accumulator, indices_row, values_row, block_size, k_block, k_last);
+      quantize_remainder(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
+                         k_block, stochastic, key, 0);
+      return;
+    }
+    for_each_chunk(accumulator.numel(), block_size, k_block, k_last, bucket_size, [&](const Chunk& chunk) {
+      at::Tensor a = accumulator.narrow(0, chunk.start, chunk.length).to(at::kFloat);
+      ChunkState state(chunk, bucket_size, error_feedback, bucket_min, bucket_max, indices_row, values_row);
+      ef_dequant_add_cpu(a, state.error_feedback, state.bucket_min, state.bucket_max, bucket_size);
+      block_topk_cpu(a, state.indices_row, state.values_row, block_size, k_block, chunk.k_last);
+      quantize_remainder(a, state.indices_row, state.error_feedback, state.bucket_min, state.bucket_max, bucket_size,
+                         block_size, k_block, stochastic, key, chunk.start);
+    });
     return;
   }
   const int64_t numel = accumulator.numel();
@@ -319,7 +340,7 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
         // Step 4.
         for (int64_t column = 0; column < k; ++column) {
           float& value = a[block_indices[column]];
-          value = static_cast<float>(static_cast<scalar_t>(kept_remainder(value)));
+          value = kept_remainder(value);
         }
         // Step 5.
         for (int64_t offset = 0; offset < length; offset += bucket_size) {

@@ -124,7 +124,8 @@ __global__ void remove_kept_kernel(typename Element<Code>::storage* values, cons
 // Step 5: one warp per bucket: min and max, outward bfloat16 bounds, then two codes per byte.
 template <int Code>
 __global__ void quantize_kernel(const typename Element<Code>::storage* values, uint8_t* codes, uint16_t* lows,
-                                uint16_t* highs, int64_t numel, int64_t bucket_size, bool stochastic, uint32_t key) {
+                                uint16_t* highs, int64_t numel, int64_t bucket_size, bool stochastic, uint32_t key,
+                                int64_t first_element) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
   const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
@@ -152,10 +153,10 @@ __global__ void quantize_kernel(const typename Element<Code>::storage* values, u
     const float low = bfloat16_to_float(low_bits);
     const float unit = bucket_unit(low, bfloat16_to_float(high_bits));
     for (int64_t i = start + 2 * lane; i < stop; i += 64) {
-      const float first_offset = stochastic ? uniform(key, i) : 0.5f;
+      const float first_offset = stochastic ? uniform(key, first_element + i) : 0.5f;
       uint32_t byte = static_cast<uint32_t>(quantize(Element<Code>::load(values[i]), low, unit, first_offset)) << 4;
       if (i + 1 < stop) {
-        const float second_offset = stochastic ? uniform(key, i + 1) : 0.5f;
+        const float second_offset = stochastic ? uniform(key, first_element + i + 1) : 0.5f;
         byte |= static_cast<uint32_t>(quantize(Element<Code>::load(values[i + 1]), low, unit, second_offset));
       }
       codes[i >> 1] = static_cast<uint8_t>(byte);
@@ -267,7 +268,7 @@ cudaError_t launch_block_topk(int dtype, const void* values, int16_t* indices, u
 cudaError_t launch_ef_quantize(int dtype, void* values, const int16_t* indices, int64_t columns, uint8_t* codes,
                                uint16_t* lows, uint16_t* highs, int64_t numel, int64_t bucket_size,
                                int64_t block_size, int64_t k_block, bool stochastic, uint32_t key,
-                               cudaStream_t stream) {
+                               int64_t first_element, cudaStream_t stream) {
   if (numel == 0) return cudaSuccess;
   const int64_t buckets = (numel + bucket_size - 1) / bucket_size;
   const bool known = dispatch_dtype(dtype, [&]<int Code>() {
@@ -277,7 +278,7 @@ cudaError_t launch_ef_quantize(int dtype, void* values, const int16_t* indices, 
           static_cast<storage*>(values), indices, columns, block_size, Divider(k_block));
     }
     quantize_kernel<Code><<<blocks_for(buckets * 32), kThreads, 0, stream>>>(
-        static_cast<const storage*>(values), codes, lows, highs, numel, bucket_size, stochastic, key);
+        static_cast<const storage*>(values), codes, lows, highs, numel, bucket_size, stochastic, key, first_element);
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }

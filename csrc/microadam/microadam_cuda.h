@@ -1,5 +1,6 @@
 // Launchers of MicroAdam's CUDA kernels (microadam_cuda.cu), called by the C++ glue (microadam_cuda_ops.cpp).
 // Raw pointers and sizes only, so that neither side needs the other's headers. `dtype` is a DtypeCode.
+// `first_element`: where the random stream of stochastic rounding starts (a chunk's offset in its tensor).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -16,7 +17,7 @@ cudaError_t launch_block_topk(int dtype, const void* values, int16_t* indices, u
 cudaError_t launch_ef_quantize(int dtype, void* values, const int16_t* indices, int64_t columns, uint8_t* codes,
                                uint16_t* lows, uint16_t* highs, int64_t numel, int64_t bucket_size,
                                int64_t block_size, int64_t k_block, bool stochastic, uint32_t key,
-                               cudaStream_t stream);
+                               int64_t first_element, cudaStream_t stream);
 cudaError_t launch_window_adam_update(int dtype, void* values, const int16_t* indices, const uint16_t* window,
                                       const float* weights1, const float* weights2, int64_t rows, int64_t columns,
                                       int64_t numel, int64_t block_size, int64_t k_block, float c1, float c2,

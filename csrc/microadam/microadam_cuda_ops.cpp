@@ -6,6 +6,7 @@
 
 #include "../common/cuda_glue.h"
 #include "microadam_checks.h"
+#include "microadam_chunks.h"
 #include "microadam_cuda.h"
 
 namespace lit_microopt {
@@ -37,6 +38,19 @@ void block_topk_cuda(const at::Tensor& accumulator, at::Tensor indices_row, at::
                "block_topk");
 }
 
+// Steps 4 and 5 (the random stream indexed from `first_element`, a chunk's offset in its tensor).
+void quantize_remainder(at::Tensor& accumulator, const at::Tensor& indices_row, at::Tensor& error_feedback,
+                        at::Tensor& bucket_min, at::Tensor& bucket_max, int64_t bucket_size, int64_t block_size,
+                        int64_t k_block, bool stochastic, int64_t key, int64_t first_element) {
+  const c10::cuda::CUDAGuard guard(accumulator.device());
+  check_launch(launch_ef_quantize(dtype_code(accumulator, "accumulator"), accumulator.data_ptr(),
+                                  indices_row.data_ptr<int16_t>(), indices_row.numel(),
+                                  error_feedback.data_ptr<uint8_t>(), bf16_mut(bucket_min), bf16_mut(bucket_max),
+                                  accumulator.numel(), bucket_size, block_size, k_block, stochastic,
+                                  static_cast<uint32_t>(key), first_element, c10::cuda::getCurrentCUDAStream()),
+               "ef_quantize_");
+}
+
 void ef_quantize_cuda(at::Tensor accumulator, const at::Tensor& indices_row, at::Tensor error_feedback,
                       at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                       int64_t k_block, bool stochastic, int64_t key) {
@@ -44,16 +58,12 @@ void ef_quantize_cuda(at::Tensor accumulator, const at::Tensor& indices_row, at:
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   check_operand(indices_row, "indices_row", accumulator, at::kShort);
   check_window_columns(accumulator.numel(), block_size, k_block, indices_row.numel(), "indices_row");
-  const c10::cuda::CUDAGuard guard(accumulator.device());
-  check_launch(launch_ef_quantize(dtype_code(accumulator, "accumulator"), accumulator.data_ptr(),
-                                  indices_row.data_ptr<int16_t>(), indices_row.numel(),
-                                  error_feedback.data_ptr<uint8_t>(), bf16_mut(bucket_min), bf16_mut(bucket_max),
-                                  accumulator.numel(), bucket_size, block_size, k_block, stochastic,
-                                  static_cast<uint32_t>(key), c10::cuda::getCurrentCUDAStream()),
-               "ef_quantize_");
+  quantize_remainder(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
+                     stochastic, key, 0);
 }
 
-// Steps 2 to 5: the three kernels one after the other on the current stream.
+// Steps 2 to 5: the three kernels one after the other on the current stream, on the gradient buffer for a
+// float32 gradient, else on float32 chunks of it (the accumulator is float32 whatever the gradient's dtype).
 void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
                       at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                       int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
@@ -61,10 +71,21 @@ void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor
   check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
-  ef_dequant_add_cuda(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-  block_topk_cuda(accumulator, indices_row, values_row, block_size, k_block, k_last);
-  ef_quantize_cuda(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
-                   stochastic, key);
+  if (accumulator.scalar_type() == at::kFloat) {
+    ef_dequant_add_cuda(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
+    block_topk_cuda(accumulator, indices_row, values_row, block_size, k_block, k_last);
+    quantize_remainder(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
+                       k_block, stochastic, key, 0);
+    return;
+  }
+  for_each_chunk(accumulator.numel(), block_size, k_block, k_last, bucket_size, [&](const Chunk& chunk) {
+    at::Tensor a = accumulator.narrow(0, chunk.start, chunk.length).to(at::kFloat);
+    ChunkState state(chunk, bucket_size, error_feedback, bucket_min, bucket_max, indices_row, values_row);
+    ef_dequant_add_cuda(a, state.error_feedback, state.bucket_min, state.bucket_max, bucket_size);
+    block_topk_cuda(a, state.indices_row, state.values_row, block_size, k_block, chunk.k_last);
+    quantize_remainder(a, state.indices_row, state.error_feedback, state.bucket_min, state.bucket_max, bucket_size,
+                       block_size, k_block, stochastic, key, chunk.start);
+  });
 }
 
 void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,

@@ -49,16 +49,15 @@ def ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_ma
 
 def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size: int,
                  layout: TopKLayout, stochastic: bool, key: int) -> None:
-    """Steps 2 to 5 at once: what :func:`ef_dequant_add_`, :func:`block_topk` and :func:`ef_quantize_` do in turn,
-    fused into one pass per block by the CPU kernel. Afterwards ``accumulator``'s content is unspecified."""
+    """Steps 2 to 5 at once: what :func:`ef_dequant_add_`, :func:`block_topk` and :func:`ef_quantize_` do in turn
+    on the gradient in float32 (fused into one pass per block by the CPU kernel). Afterwards ``accumulator``'s
+    content is unspecified."""
     if use_compiled(accumulator, "ef_compress_"):
         _compiled.ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max,
                                bucket_size, layout.block_size, layout.k_block, layout.k_last, stochastic, key)
     else:
-        _reference.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
-        _reference.block_topk(accumulator, indices_row, values_row, layout)
-        _reference.ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size,
-                                layout, stochastic, key)
+        _reference.ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max,
+                                bucket_size, layout, stochastic, key)
 
 
 def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout: TopKLayout,

@@ -63,8 +63,9 @@ def check_gradient_types(owner: str, named_gradients: Iterable[tuple[str, torch.
             )
 
 
-def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]) -> None:
-    """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity.
+def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]) -> dict[str, float]:
+    """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity; else return the largest
+    magnitude of each gradient, by name.
 
     One device synchronisation per device, whatever the number of tensors.
     """
@@ -73,13 +74,18 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
     for name, grad in named_gradients:
         extremes_by_device.setdefault(grad.device, []).extend(gradient_extremes(grad))
         names_by_device.setdefault(grad.device, []).append(name)
-    bad = []
+    bad, magnitudes = [], {}
     for device, extremes in extremes_by_device.items():
         # Stacked in float32 (gradients of several dtypes): a float16 or bfloat16 extreme stays finite there.
-        finite = torch.isfinite(torch.stack([value.float() for value in extremes])).view(-1, 2).all(dim=1)
-        bad.extend(name for name, ok in zip(names_by_device[device], finite.tolist()) if not ok)
+        # A NaN propagates through abs and amax, so a magnitude is finite exactly when every element is.
+        largest = torch.stack([value.float() for value in extremes]).abs().view(-1, 2).amax(dim=1).tolist()
+        for name, magnitude in zip(names_by_device[device], largest):
+            magnitudes[name] = magnitude
+            if not math.isfinite(magnitude):
+                bad.append(name)
     if bad:
         raise non_finite_gradient_error(owner, bad)
+    return magnitudes
 
 
 def gradient_extremes(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

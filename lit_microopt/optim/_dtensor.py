@@ -239,8 +239,10 @@ def _non_finite(tensor: torch.Tensor) -> torch.Tensor:
     return (~torch.isfinite(extremes).all()).float()
 
 
-def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]) -> None:
-    """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity, on every rank alike.
+def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]
+                                      ) -> dict[str, float]:
+    """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity, on every rank alike;
+    else return the largest magnitude of every whole (not sharded) gradient, by name.
 
     Whole gradients are checked as :func:`~lit_microopt.optim._common.check_gradients_finite` does. For DTensor
     gradients each rank checks its shard and the verdicts are combined over each mesh, so that a NaN in one rank's
@@ -248,10 +250,9 @@ def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tupl
     """
     whole = [(name, grad) for name, grad in named_gradients if not is_dtensor(grad)]
     sharded = [(name, grad) for name, grad in named_gradients if is_dtensor(grad)]
-    if whole:
-        check_gradients_finite(owner, whole)
+    magnitudes = check_gradients_finite(owner, whole) if whole else {}
     if not sharded:
-        return
+        return magnitudes
     by_mesh: dict[Any, list[tuple[str, torch.Tensor]]] = {}
     for name, grad in sharded:
         by_mesh.setdefault(grad.device_mesh, []).append((name, grad))
@@ -263,3 +264,4 @@ def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tupl
         bad.extend(name for (name, _), flag in zip(entries, flags.tolist()) if flag)
     if bad:
         raise non_finite_gradient_error(owner, bad)
+    return magnitudes

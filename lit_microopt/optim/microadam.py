@@ -7,6 +7,8 @@ each step lives in :mod:`lit_microopt.ops`, this module owns the constructor, th
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -275,7 +277,8 @@ class MicroAdam(ExactStateOptimizer):
         work = [entry for entry in self._parameters_with_gradients() if entry[2].numel() > 0]
         named_gradients = [(name, param.grad) for _, name, param, _ in work]
         if self.check_finite and named_gradients:
-            check_gradients_finite_everywhere("MicroAdam", named_gradients)
+            magnitudes = check_gradients_finite_everywhere("MicroAdam", named_gradients)
+            self._check_accumulator_range(work, magnitudes)
 
         collect = self._telemetry_requested
         self._telemetry_requested = False
@@ -294,6 +297,39 @@ class MicroAdam(ExactStateOptimizer):
                 pending.append((group_index, name, *statistics))
         if collect:
             self.telemetry = self._gather_telemetry(pending, len(self.param_groups))
+
+    def _check_accumulator_range(self, work: list, gradient_magnitudes: dict[str, float]) -> None:
+        """Raise ``FloatingPointError``, before anything changes, where this step's accumulator could overflow
+        the window's float32 statistics: ``S2`` adds up to ``m`` squares of window values, so every
+        ``|a| <= max|g| + max|Q^-1(e)|`` must stay below ``sqrt(float32 max / m)`` (about 5.8e18 for m = 10).
+
+        Sharded (DTensor) parameters are not checked here: their gradient magnitudes are per shard.
+        """
+        entries = [(name, param, self.param_groups[group_index]["m"]) for group_index, name, param, _ in work
+                   if name in gradient_magnitudes]
+        # The error feedback's largest magnitude is in its bucket ranges (d / q values each): one small reduction
+        # per device. A parameter's first step has no error feedback yet.
+        ranges = {(name, key): self.state[param][key] for name, param, _ in entries if param in self.state
+                  and self.state[param] for key in ("bucket_min", "bucket_max")}
+        by_device: dict[torch.device, list[tuple[str, str]]] = {}
+        for label, tensor in ranges.items():
+            by_device.setdefault(tensor.device, []).append(label)
+        feedback: dict[str, float] = {}
+        for labels in by_device.values():
+            norms = torch._foreach_norm([ranges[label] for label in labels], float("inf"))
+            for (name, _), value in zip(labels, torch.stack(norms).float().tolist()):
+                feedback[name] = max(feedback.get(name, 0.0), value)
+        too_large = []
+        for name, _, m in entries:
+            bound = gradient_magnitudes[name] + feedback.get(name, 0.0)
+            limit = math.sqrt(torch.finfo(torch.float32).max / m)
+            if not bound < limit:
+                too_large.append(f"{name} ({bound:.3g} > {limit:.3g})")
+        if too_large:
+            raise FloatingPointError(
+                "MicroAdam: gradient plus error feedback too large for the window's float32 statistics in "
+                f"{', '.join(too_large)}; nothing was updated. Scale the loss down or clip gradients."
+            )
 
     def _step_parameter(
         self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool,
@@ -318,6 +354,9 @@ class MicroAdam(ExactStateOptimizer):
             ops.ef_compress_(accumulator, indices[row], values[row], error_feedback, bucket_min, bucket_max,
                              bucket_size, layout, stochastic, key)
         else:  # step by step, so that the remainder r is left in the accumulator for the statistics
+            # In float32, as ef_compress_ computes it: a logged step takes the same step as any other (for a
+            # bfloat16 or float16 gradient, a float32 copy of it lives during this step).
+            accumulator = accumulator.float()
             ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
             ops.block_topk(accumulator, indices[row], values[row], layout)
             ops.ef_quantize_(accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout,

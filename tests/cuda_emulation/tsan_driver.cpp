@@ -57,7 +57,7 @@ int main() {
                                         numel, block_size, k_block, k_last, nullptr), "block_topk");
   }
   expect(microadam::launch_ef_quantize(0, values.data(), indices.data(), columns, codes.data(), lows.data(),
-                                       highs.data(), numel, bucket_size, block_size, k_block, true, 1234u, nullptr),
+                                       highs.data(), numel, bucket_size, block_size, k_block, true, 1234u, 0, nullptr),
          "ef_quantize_");
   expect(microadam::launch_window_adam_update(0, param.data(), indices.data(), window.data(), weights1.data(),
                                               weights2.data(), rows, columns, numel, block_size, k_block, 0.1f, 0.001f,

@@ -370,7 +370,7 @@ def assert_fused_equals_three_steps(target, dtype, layout, bucket_size, stochast
     gradient = (2 * torch.randn(numel, generator=torch.Generator().manual_seed(numel))).to(dtype)
     state = [*window_row(layout), *error_feedback_state(numel, bucket_size, torch.Generator().manual_seed(1))]
     expected = [tensor.clone() for tensor in state]
-    accumulator = gradient.clone()
+    accumulator = gradient.to(torch.float32, copy=True)  # the definition: the three steps in float32
     reference.ef_dequant_add_(accumulator, *expected[2:], bucket_size)
     reference.block_topk(accumulator, *expected[:2], layout)
     reference.ef_quantize_(accumulator, expected[0], *expected[2:], bucket_size, layout, stochastic, 4242)
@@ -384,7 +384,8 @@ def assert_fused_equals_three_steps(target, dtype, layout, bucket_size, stochast
 @pytest.mark.parametrize("bucket_size", [16, 6], ids=["blocks-of-whole-buckets", "straddling"])
 @pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
 def test_fused_compression_equals_the_three_steps(target, dtype, numel, bucket_size, stochastic):
-    """ef_compress_ (steps 2 to 5 in one pass) leaves the window and the error feedback as the three ops do."""
+    """ef_compress_ (steps 2 to 5 in one pass) leaves the window and the error feedback as the three ops do on
+    the gradient in float32, whatever its dtype."""
     require_kernels(target)
     assert_fused_equals_three_steps(target, dtype, ops.TopKLayout.of(numel, 16, 0.25), bucket_size, stochastic)
 
@@ -397,3 +398,25 @@ def test_fused_compression_on_large_blocks_equals_the_three_steps(target, dtype,
     require_kernels(target)
     layout = ops.TopKLayout.of(numel, block_size, density)
     assert_fused_equals_three_steps(target, dtype, layout, bucket_size, stochastic=False)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_reference_compression_in_float32_slices_equals_the_three_steps(monkeypatch, stochastic):
+    """The reference takes a bfloat16 gradient in float32 slices: with slices far smaller than the tensor, the
+    result (random stream included) is that of the three steps on the whole gradient in float32."""
+    monkeypatch.setattr(reference, "SLICE_ELEMENTS", 96)
+    layout = ops.TopKLayout.of(1003, 16, 0.25)
+    assert_fused_equals_three_steps(KernelTarget("reference", "cpu", ReferenceOps()), torch.bfloat16, layout, 6,
+                                    stochastic)
+
+
+class ReferenceOps:
+    """The reference's ef_compress_ with the compiled op's arguments."""
+
+    @staticmethod
+    def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                     block_size, k_block, k_last, stochastic, key):
+        numel = accumulator.numel()
+        layout = ops.TopKLayout(numel, block_size, k_block, numel // block_size, k_last)
+        reference.ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max,
+                               bucket_size, layout, stochastic, key)

@@ -196,11 +196,13 @@ def ef_quantize_(
     layout: TopKLayout,
     stochastic: bool,
     key: int,
+    first_element: int = 0,
 ) -> None:
     """Steps 4 and 5: remove what the window kept from ``a``, then quantize the remainder into ``e``.
 
     ``a`` keeps the remainder afterwards. ``key`` selects the random stream of stochastic rounding
-    (:func:`lit_microopt.ops.reference.random.stream_key`); it is ignored for nearest rounding.
+    (:func:`lit_microopt.ops.reference.random.stream_key`); it is ignored for nearest rounding. The stream is
+    indexed by element, from ``first_element`` (where ``accumulator`` starts in its tensor).
     """
     # Step 4: a[i] -= float(bf16(a[i])) at the kept positions (exactly zero for a bfloat16 gradient).
     positions = window_positions(indices_row, layout)
@@ -220,11 +222,49 @@ def ef_quantize_(
         unit = torch.where(unit > 0, unit, math.inf)
         scaled = (rows - low).div_(unit)
         if stochastic:
-            scaled += _bucket_rows(uniform(key, start, stop - start, rows.device), bucket_size, rows.new_zeros(1))
+            random = uniform(key, first_element + start, stop - start, rows.device)
+            scaled += _bucket_rows(random, bucket_size, rows.new_zeros(1))
         else:
             scaled += 0.5
         codes = scaled.floor_().clamp_(0, 15).view(-1)[: stop - start]
         _pack_codes(codes, error_feedback[start // 2 : (stop + 1) // 2])
+
+
+def ef_compress_(
+    accumulator: torch.Tensor,
+    indices_row: torch.Tensor,
+    values_row: torch.Tensor,
+    error_feedback: torch.Tensor,
+    bucket_min: torch.Tensor,
+    bucket_max: torch.Tensor,
+    bucket_size: int,
+    layout: TopKLayout,
+    stochastic: bool,
+    key: int,
+) -> None:
+    """Steps 2 to 5 with the accumulator ``a = g + Q^-1(e)`` in float32, whatever the gradient's dtype: a
+    float16 gradient's error feedback, which grows where Top-K keeps skipping a coordinate, would overflow in
+    float16. A float32 gradient is its own accumulator; another is taken in float32 slices of whole blocks and
+    buckets. Afterwards ``accumulator``'s content is unspecified."""
+    if accumulator.dtype == torch.float32:
+        ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+        block_topk(accumulator, indices_row, values_row, layout)
+        ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, layout,
+                     stochastic, key)
+        return
+    for start, stop in slices(layout.numel, math.lcm(layout.block_size, bucket_size)):
+        last = stop == layout.numel
+        part = TopKLayout(stop - start, layout.block_size, layout.k_block, (stop - start) // layout.block_size,
+                          layout.k_last if last else 0)
+        first_column = start // layout.block_size * layout.k_block
+        columns = slice(first_column, first_column + part.k)
+        codes = error_feedback[start // 2 : (stop + 1) // 2]
+        buckets = slice(start // bucket_size, -(-stop // bucket_size))
+        low, high = bucket_min[buckets], bucket_max[buckets]
+        a = accumulator[start:stop].float()
+        ef_dequant_add_(a, codes, low, high, bucket_size)
+        block_topk(a, indices_row[columns], values_row[columns], part)
+        ef_quantize_(a, indices_row[columns], codes, low, high, bucket_size, part, stochastic, key, first_element=start)
 
 
 def _sqrt(values: torch.Tensor) -> torch.Tensor:
