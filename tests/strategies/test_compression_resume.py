@@ -70,3 +70,20 @@ def test_a_resumed_two_process_run_takes_the_steps_of_an_uninterrupted_one(runs)
         assert expected.keys() == found.keys()
         for name in expected:
             assert torch.equal(expected[name], found[name]), (rank, name)
+
+
+def test_with_buckets_ddp_keeps_a_resumed_run_takes_the_steps_of_an_uninterrupted_one(tmp_path):
+    # find_unused_parameters=True: DDP keeps its first buckets (it does not reorder them after the first step), so
+    # the resumed run's buckets are those the saved error feedback belongs to.
+    overlay = tmp_path / "keep_buckets.yaml"
+    overlay.write_text("trainer:\n  strategy:\n    init_args:\n      find_unused_parameters: true\n")
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    fit(uninterrupted, "--config", str(overlay), "--trainer.max_epochs", "2")
+    fit(resumed, "--config", str(overlay), "--trainer.max_epochs", "1")
+    fit(resumed, "--config", str(overlay), "--trainer.max_epochs", "2", "--ckpt_path", "checkpoints/last.ckpt")
+    for rank in (0, 1):
+        expected = torch.load(uninterrupted / "record" / f"rank{rank}.pt")
+        found = torch.load(resumed / "record" / f"rank{rank}.pt")
+        assert expected.keys() == found.keys()
+        for name in expected:
+            assert torch.equal(expected[name], found[name]), (rank, name)
