@@ -33,4 +33,4 @@ def test_existing_project_switches_to_microadam_and_logs_the_monitors(tmp_path):
     for name in ("train_loss", "microadam/compression_error", "microadam/window_support", "optim/state_bytes"):
         assert name in header
     figures = {path.name for path in plot_run(log_dir, tmp_path / "figures")}
-    assert figures == {"compression.png", "window.png", "memory.png"}
+    assert figures == {"training.png", "compression.png", "window.png", "memory.png"}

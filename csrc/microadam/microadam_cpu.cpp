@@ -301,14 +301,19 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
                          k_block, stochastic, key, 0);
       return;
     }
-    for_each_chunk(accumulator.numel(), block_size, k_block, k_last, bucket_size, [&](const Chunk& chunk) {
-      at::Tensor a = accumulator.narrow(0, chunk.start, chunk.length).to(at::kFloat);
-      ChunkState state(chunk, bucket_size, error_feedback, bucket_min, bucket_max, indices_row, values_row);
-      ef_dequant_add_cpu(a, state.error_feedback, state.bucket_min, state.bucket_max, bucket_size);
-      block_topk_cpu(a, state.indices_row, state.values_row, block_size, k_block, chunk.k_last);
-      quantize_remainder(a, state.indices_row, state.error_feedback, state.bucket_min, state.bucket_max, bucket_size,
-                         block_size, k_block, stochastic, key, chunk.start);
-    });
+    compress_in_float32_chunks(
+        accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
+        k_last,
+        [&](at::Tensor& a, ChunkState& s) {
+          ef_dequant_add_cpu(a, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size);
+        },
+        [&](at::Tensor& a, ChunkState& s, int64_t last) {
+          block_topk_cpu(a, s.indices_row, s.values_row, block_size, k_block, last);
+        },
+        [&](at::Tensor& a, ChunkState& s, int64_t first) {
+          quantize_remainder(a, s.indices_row, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size, block_size,
+                             k_block, stochastic, key, first);
+        });
     return;
   }
   const int64_t numel = accumulator.numel();

@@ -175,7 +175,7 @@ def tokenizer_for(owner: str, tokenizer_name: str | None, trainer: Any) -> Any:
     return model.tokenizer
 
 
-class SplitLoaders:
+class SplitLoaders(ABC):
     """The dataloaders of a data module that keeps its prepared splits in ``self.datasets`` (``"train"``,
     ``"validation"``, ``"test"``): training batches in the seeded order of :class:`EpochShuffleSampler`, the others
     in order and ``eval_batch_size`` at a time; no validation split means no validation. ``predict`` reads the test
@@ -191,9 +191,9 @@ class SplitLoaders:
     num_workers: int
     seed: int
 
+    @abstractmethod
     def collate_fn(self) -> Any:
         """The ``collate_fn`` of every loader."""
-        raise NotImplementedError
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from typing import Any
 
 import torch
@@ -26,16 +28,18 @@ def reset_outside_inference_mode(metric: Metric) -> None:
         metric.reset()
 
 
-class EvaluationHooks:
+class EvaluationHooks(ABC):
     """Lightning's validation and test hooks for a model that evaluates both stages the same way: each batch
     goes to ``_evaluate(batch, stage)`` and each epoch's end to ``_log_epoch(stage)``, ``stage`` being ``"val"``
     or ``"test"`` (the prefix of the logged metrics). Listed before ``LightningModule`` among the bases."""
 
+    @abstractmethod
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
-        raise NotImplementedError
+        """Update the stage's metrics with one batch."""
 
+    @abstractmethod
     def _log_epoch(self, stage: str) -> Any:
-        raise NotImplementedError
+        """Log the stage's metrics at the end of an epoch."""
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")
