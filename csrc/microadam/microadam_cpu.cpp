@@ -294,14 +294,7 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   const int64_t blocks = check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   if (block_size % bucket_size != 0) {  // blocks and buckets straddle each other: one op after the other
-    if (accumulator.scalar_type() == at::kFloat) {
-      ef_dequant_add_cpu(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-      block_topk_cpu(accumulator, indices_row, values_row, block_size, k_block, k_last);
-      quantize_remainder(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
-                         k_block, stochastic, key, 0);
-      return;
-    }
-    compress_in_float32_chunks(
+    compress_in_float32(
         accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
         k_last,
         [&](at::Tensor& a, ChunkState& s) {

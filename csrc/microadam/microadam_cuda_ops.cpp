@@ -71,14 +71,7 @@ void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor
   check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
-  if (accumulator.scalar_type() == at::kFloat) {
-    ef_dequant_add_cuda(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
-    block_topk_cuda(accumulator, indices_row, values_row, block_size, k_block, k_last);
-    quantize_remainder(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
-                       k_block, stochastic, key, 0);
-    return;
-  }
-  compress_in_float32_chunks(
+  compress_in_float32(
       accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
       k_last,
       [&](at::Tensor& a, ChunkState& s) {
