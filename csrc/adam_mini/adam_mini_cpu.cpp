@@ -10,6 +10,7 @@
 
 #include "adam_mini_checks.h"
 #include "adam_mini_math.h"
+#include "../common/kernel_registration.h"
 
 namespace lit_microopt {
 namespace adam_mini {
@@ -95,7 +96,7 @@ void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor e
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lit_microopt, CPU, m) { m.impl("adam_mini_update_", &adam_mini_update_cpu); }
+LMO_REGISTER_KERNELS(CPU, m) { m.impl("adam_mini_update_", &adam_mini_update_cpu); }
 
 }  // namespace adam_mini
 }  // namespace lit_microopt

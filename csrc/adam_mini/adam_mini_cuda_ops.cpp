@@ -6,6 +6,7 @@
 #include "../common/cuda_glue.h"
 #include "adam_mini_checks.h"
 #include "adam_mini_cuda.h"
+#include "../common/kernel_registration.h"
 
 namespace lit_microopt {
 namespace adam_mini {
@@ -27,7 +28,7 @@ void adam_mini_update_cuda(at::Tensor param, const at::Tensor& grad, at::Tensor 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(LMO_CUDA_OPS_LIBRARY, LMO_CUDA_OPS_KEY, m) { m.impl("adam_mini_update_", &adam_mini_update_cuda); }
+LMO_REGISTER_KERNELS(CUDA, m) { m.impl("adam_mini_update_", &adam_mini_update_cuda); }
 
 }  // namespace adam_mini
 }  // namespace lit_microopt

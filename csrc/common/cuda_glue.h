@@ -6,18 +6,11 @@
 #include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 
-// The tests also compile the glue against an emulated GPU (tests/cuda_emulation) whose memory is the CPU's:
-// there the ops register as lit_microopt_emulated::* for CPU tensors, with the same checks and launches.
-#ifdef LIT_MICROOPT_CUDA_EMULATION
-#define LMO_CUDA_OPS_LIBRARY lit_microopt_emulated
-#define LMO_CUDA_OPS_KEY CPU
-#else
-#define LMO_CUDA_OPS_LIBRARY lit_microopt
-#define LMO_CUDA_OPS_KEY CUDA
-#endif
-
 namespace lit_microopt {
 
+// The tests also compile the glue against an emulated GPU (tests/cuda_emulation) whose memory is the CPU's:
+// there the ops register as lit_microopt_emulated::* for CPU tensors (kernel_registration.h), with the same
+// checks and launches.
 #ifdef LIT_MICROOPT_CUDA_EMULATION
 constexpr c10::DeviceType kCudaKernelDevice = c10::DeviceType::CPU;
 #else

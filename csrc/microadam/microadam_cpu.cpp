@@ -12,6 +12,7 @@
 #include "microadam_checks.h"
 #include "microadam_chunks.h"
 #include "microadam_math.h"
+#include "../common/kernel_registration.h"
 
 namespace lit_microopt {
 namespace microadam {
@@ -435,7 +436,7 @@ void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lit_microopt, CPU, m) {
+LMO_REGISTER_KERNELS(CPU, m) {
   m.impl("ef_dequant_add_", &ef_dequant_add_cpu);
   m.impl("block_topk", &block_topk_cpu);
   m.impl("ef_quantize_", &ef_quantize_cpu);

@@ -8,6 +8,7 @@
 #include "microadam_checks.h"
 #include "microadam_chunks.h"
 #include "microadam_cuda.h"
+#include "../common/kernel_registration.h"
 
 namespace lit_microopt {
 namespace microadam {
@@ -104,7 +105,7 @@ void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(LMO_CUDA_OPS_LIBRARY, LMO_CUDA_OPS_KEY, m) {
+LMO_REGISTER_KERNELS(CUDA, m) {
   m.impl("ef_dequant_add_", &ef_dequant_add_cuda);
   m.impl("block_topk", &block_topk_cuda);
   m.impl("ef_quantize_", &ef_quantize_cuda);

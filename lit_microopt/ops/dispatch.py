@@ -1,11 +1,14 @@
-"""Which implementation of an op runs: the compiled kernel for the tensor's device, or the reference.
+"""Which implementation of an op runs: PyTorch's dispatcher chooses, this module sets the rules.
 
-- A CUDA tensor uses the CUDA kernel when it is built, a CPU tensor the CPU kernel; otherwise the pure-PyTorch
-  reference runs, after one warning per process and device type that names the command that builds it.
-- ``LIT_MICROOPT_BACKEND=reference|compiled|auto`` (default ``auto``) forces a path; ``compiled`` raises
-  ``RuntimeError`` when the kernel for the tensor's device is missing.
-- An extension that fails to import (for instance built against another PyTorch) counts as missing: the
-  import error is kept for :func:`kernels_report`, and ``import lit_microopt`` never fails because of it.
+- :mod:`lit_microopt.ops.library` defines every op with the pure-PyTorch reference as its default kernel; the
+  compiled extension then registers a CPU kernel and, when built with CUDA, a CUDA kernel for each op. A tensor
+  runs its device's kernel where one is registered, the reference otherwise, after one warning per process and
+  device type that names the command that builds the kernels.
+- ``LIT_MICROOPT_BACKEND=reference|compiled|auto`` (default ``auto``) forces a path: ``reference`` runs the
+  reference without the dispatcher; ``compiled`` raises ``RuntimeError`` where the dispatcher would fall back.
+- An extension that fails to load (not built, built against another PyTorch, or built from an older checkout
+  whose kernels do not match the schemas) counts as missing: its error is kept for :func:`kernels_report`,
+  nothing of it is registered, and ``import lit_microopt`` never fails because of it.
 """
 
 from __future__ import annotations
@@ -17,41 +20,34 @@ import warnings
 
 import torch
 
+from lit_microopt.ops.library import OPS, op_names
+
 BACKEND_VARIABLE = "LIT_MICROOPT_BACKEND"
 BACKENDS = ("auto", "reference", "compiled")
 BUILD_COMMAND = "pip install --no-build-isolation -e ."  # from the repository's root
-#: Every op the extension defines, per optimizer; each has a reference twin in lit_microopt.ops.reference.
-MICROADAM_OPS = ("ef_dequant_add_", "block_topk", "ef_quantize_", "ef_compress_", "window_adam_update_")
-ADAM_MINI_OPS = ("adam_mini_update_",)
-OP_NAMES = MICROADAM_OPS + ADAM_MINI_OPS
+#: Every op, per optimizer (each defined in lit_microopt.ops.library with its reference).
+MICROADAM_OPS = op_names("MicroAdam")
+ADAM_MINI_OPS = op_names("AdamMini")
+OP_NAMES = op_names()
 
 _extension_error: str | None = None
 _warned_devices: set[str] = set()
 
 
 def _load_extension() -> bool:
-    """Import ``lit_microopt._C`` (registers the compiled ops); remember why when it fails."""
+    """Load ``lit_microopt._C`` and register its kernels for the ops defined above; remember why when it fails."""
     global _extension_error
     try:
-        importlib.import_module("lit_microopt._C")
-    except (ImportError, OSError) as error:  # not built, or built against another PyTorch (ABI)
+        extension = importlib.import_module("lit_microopt._C")
+        # All or nothing: a kernel whose signature differs from its op's schema registers no kernel at all.
+        extension.register_kernels()
+    except (ImportError, OSError, RuntimeError, AttributeError) as error:  # AttributeError: an older build
         _extension_error = f"{type(error).__name__}: {error}"
         return False
     return True
 
 
 EXTENSION_LOADED = _load_extension()
-
-
-def _register_fake_implementations() -> None:
-    """Every op mutates its arguments in place and returns nothing: its fake (meta) implementation is empty,
-    which lets ``torch.compile`` and meta-device tracing run through the custom ops."""
-    for name in OP_NAMES:
-        torch.library.register_fake(f"lit_microopt::{name}")(lambda *args, **kwargs: None)
-
-
-if EXTENSION_LOADED:
-    _register_fake_implementations()
 
 
 def compiled_available(device_type: str, op_names: tuple[str, ...] = OP_NAMES) -> bool:
@@ -85,20 +81,34 @@ def _missing_message(device_type: str) -> str:
     return f"lit_microopt's compiled {device_type.upper()} kernels are not available{why}; {how}"
 
 
-def use_compiled(tensor: torch.Tensor, op_name: str) -> bool:
-    """Whether the op ``op_name`` on ``tensor`` should run its compiled kernel (see the module's docstring)."""
-    setting = backend_setting()
-    if setting == "reference":
-        return False
-    device_type = tensor.device.type
-    if compiled_available(device_type, (op_name,)):
-        return True
-    if setting == "compiled":
+def use_reference() -> bool:
+    """Whether ``LIT_MICROOPT_BACKEND=reference`` asks for the reference whatever is compiled."""
+    return backend_setting() == "reference"
+
+
+def reference_fallback(device_type: str) -> None:
+    """Called where the dispatcher runs an op's reference because no kernel is registered for ``device_type``:
+    raise under ``LIT_MICROOPT_BACKEND=compiled``, else warn once per process and device type."""
+    if backend_setting() == "compiled":
         raise RuntimeError(_missing_message(device_type) + f"; or set {BACKEND_VARIABLE}=reference.")
     if device_type in ("cpu", "cuda") and device_type not in _warned_devices:
         _warned_devices.add(device_type)
-        warnings.warn(_missing_message(device_type) + "; using the slower pure-PyTorch reference.", stacklevel=3)
-    return False
+        warnings.warn(_missing_message(device_type) + "; using the slower pure-PyTorch reference.", stacklevel=2)
+
+
+def run(op_name: str, *arguments) -> None:
+    """Run the op ``op_name`` on its arguments (those of its schema): through the dispatcher, or the reference
+    directly under ``LIT_MICROOPT_BACKEND=reference``."""
+    op = OPS[op_name]
+    if use_reference():
+        op.reference(*arguments)
+    else:
+        _overload(op_name)(*arguments)
+
+
+@functools.lru_cache(maxsize=None)
+def _overload(op_name: str) -> torch._ops.OpOverload:
+    return OPS[op_name].overload
 
 
 def kernels_report() -> str:

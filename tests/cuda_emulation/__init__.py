@@ -110,7 +110,7 @@ def emulated_ops():
     """``torch.ops.lit_microopt_emulated``, built on first use; the compiled package must be installed."""
     from torch.utils import cpp_extension
 
-    import lit_microopt.ops  # noqa: F401  (loads lit_microopt._C, whose schemas the emulated ops copy)
+    import lit_microopt.ops  # noqa: F401  (defines the lit_microopt::* schemas that the emulated ops copy)
 
     include = cuda_include_directory()
     _define_schemas()

@@ -7,6 +7,12 @@ result is always the reference computed on CPU copies of the inputs: the arithme
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -283,32 +289,68 @@ def test_fifty_step_trajectories_agree(optimizer_target, dtype, ef_rounding, mon
             assert torch.equal(state_a[key], state_b[key]), key
 
 
-def test_missing_kernels_fall_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(dispatch, "EXTENSION_LOADED", False)
-    monkeypatch.setattr(dispatch, "_extension_error", "ImportError: simulated")
-    monkeypatch.setattr(dispatch, "_warned_devices", set())
-    monkeypatch.delenv(dispatch.BACKEND_VARIABLE, raising=False)
-    param = torch.nn.Parameter(torch.randn(100))
-    optimizer = MicroAdam([param], density=0.1, block_size=16)
-    with pytest.warns(UserWarning, match=r"compiled CPU kernels are not available.*pip install --no-build-isolation"):
-        param.grad = torch.randn(100)
-        optimizer.step()
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        param.grad = torch.randn(100)
-        optimizer.step()  # no second warning
-    assert "simulated" in dispatch.kernels_report()
+# Without the extension: a fresh interpreter in which ``lit_microopt._C`` cannot be imported (as where it was never
+# built), or loads but cannot register its kernels (as an extension built from another version).
+_WITHOUT_EXTENSION = """
+import sys, types
+if sys.argv[1] == "missing":
+    sys.modules["lit_microopt._C"] = None  # import fails: ImportError
+else:
+    def register_kernels():
+        raise RuntimeError("simulated schema mismatch")
+    sys.modules["lit_microopt._C"] = types.ModuleType("lit_microopt._C")
+    sys.modules["lit_microopt._C"].register_kernels = register_kernels
+"""
 
 
-def test_forcing_compiled_kernels_that_are_missing_raises(monkeypatch):
-    monkeypatch.setattr(dispatch, "EXTENSION_LOADED", False)
-    monkeypatch.setenv(dispatch.BACKEND_VARIABLE, "compiled")
-    param = torch.nn.Parameter(torch.randn(10))
-    param.grad = torch.randn(10)
-    with pytest.raises(RuntimeError, match="compiled CPU kernels are not available"):
-        MicroAdam([param]).step()
+def _run_without_extension(how: str, body: str) -> None:
+    code = _WITHOUT_EXTENSION + textwrap.dedent(body)
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    environment.pop(dispatch.BACKEND_VARIABLE, None)
+    result = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, env=environment,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("how", ["missing", "mismatched"])
+def test_missing_kernels_fall_back_with_one_warning(how):
+    _run_without_extension(how, """
+        import warnings
+        import pytest, torch
+        from lit_microopt.ops import dispatch
+        from lit_microopt.optim import MicroAdam
+
+        assert not dispatch.EXTENSION_LOADED and not dispatch.compiled_available("cpu")
+        param = torch.nn.Parameter(torch.randn(100))
+        optimizer = MicroAdam([param], density=0.1, block_size=16)
+        with pytest.warns(UserWarning, match=r"compiled CPU kernels are not available.*pip install --no-build-isolation"):
+            param.grad = torch.randn(100)
+            optimizer.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            param.grad = torch.randn(100)
+            optimizer.step()  # no second warning
+        report = dispatch.kernels_report()
+        assert ("lit_microopt._C halted" if sys.argv[1] == "missing" else "simulated schema mismatch") in report, report
+        assert "MicroAdam on cpu: reference" in report, report
+    """)
+
+
+def test_forcing_compiled_kernels_that_are_missing_raises():
+    _run_without_extension("missing", """
+        import os
+        import pytest, torch
+        from lit_microopt.ops import dispatch
+        from lit_microopt.optim import MicroAdam
+
+        os.environ[dispatch.BACKEND_VARIABLE] = "compiled"
+        param = torch.nn.Parameter(torch.randn(10))
+        param.grad = torch.randn(10)
+        before = param.detach().clone()
+        with pytest.raises(RuntimeError, match="compiled CPU kernels are not available"):
+            MicroAdam([param]).step()
+        assert torch.equal(param.detach(), before)  # refused before the parameter changed
+    """)
 
 
 def test_unknown_backend_setting_is_rejected(monkeypatch):

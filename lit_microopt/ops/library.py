@@ -1,0 +1,136 @@
+"""Every op's one home: its schema, and the pure-PyTorch reference registered as its default kernel.
+
+The ops live in the ``lit_microopt`` namespace of ``torch.library``. This module defines their schemas, registers
+the reference (:mod:`lit_microopt.ops.reference`) as each op's ``CompositeExplicitAutograd`` kernel, and an empty
+fake kernel for ``torch.compile`` and the meta device. The compiled extension then registers its CPU and CUDA
+kernels for the same ops (:mod:`lit_microopt.ops.dispatch`), and PyTorch's dispatcher chooses: a tensor's own
+device's kernel where one is registered, the reference everywhere else.
+
+The schemas take plain integers where the reference takes a :class:`TopKLayout`; the adapters below rebuild it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lit_microopt.ops.reference import adam_mini as adam_mini_reference
+from lit_microopt.ops.reference import microadam as microadam_reference
+from lit_microopt.ops.reference.microadam import TopKLayout
+
+NAMESPACE = "lit_microopt"
+
+
+@dataclass(frozen=True)
+class OpDefinition:
+    """One op: its name, the optimizer that uses it, its schema and its reference, called with the op's arguments."""
+
+    name: str
+    optimizer: str
+    schema: str
+    reference: Callable[..., None]
+
+    @property
+    def overload(self) -> torch._ops.OpOverload:
+        """``torch.ops.lit_microopt.<name>.default``: what the dispatcher runs."""
+        return getattr(torch.ops.lit_microopt, self.name).default
+
+
+#: Every op, in the order of ``docs/kernels.md``.
+OPS: dict[str, OpDefinition] = {}
+
+_library = torch.library.Library(NAMESPACE, "FRAGMENT")
+
+
+def _define(optimizer: str, schema: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Define the op ``schema`` with the decorated function as its reference kernel."""
+
+    def register(reference: Callable[..., None]) -> Callable[..., None]:
+        name = schema.split("(", 1)[0]
+
+        def default_kernel(*arguments) -> None:
+            # The dispatcher comes here only where no kernel is registered for the device: the dispatch policy
+            # warns once, or refuses when compiled kernels are required. (Imported here: it imports this module.)
+            from lit_microopt.ops.dispatch import reference_fallback
+
+            reference_fallback(arguments[0].device.type)
+            reference(*arguments)
+
+        _library.define(schema)
+        _library.impl(name, default_kernel, "CompositeExplicitAutograd")
+        # Every op mutates its arguments and returns nothing: the fake kernel has nothing to compute.
+        torch.library.register_fake(f"{NAMESPACE}::{name}", lambda *arguments: None, lib=_library)
+        OPS[name] = OpDefinition(name, optimizer, schema, reference)
+        return reference
+
+    return register
+
+
+def _layout(numel: int, block_size: int, k_block: int, columns: int) -> TopKLayout:
+    """The Top-K layout of ``numel`` elements whose window rows have ``columns`` entries."""
+    full_blocks = numel // block_size
+    return TopKLayout(numel, block_size, k_block, full_blocks, columns - full_blocks * k_block)
+
+
+@_define("MicroAdam", "ef_dequant_add_(Tensor(a!) accumulator, Tensor error_feedback, Tensor bucket_min, "
+                      "Tensor bucket_max, int bucket_size) -> ()")
+def ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size):
+    microadam_reference.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+
+
+@_define("MicroAdam", "block_topk(Tensor accumulator, Tensor(a!) indices_row, Tensor(b!) values_row, "
+                      "int block_size, int k_block, int k_last) -> ()")
+def block_topk(accumulator, indices_row, values_row, block_size, k_block, k_last):
+    layout = TopKLayout(accumulator.numel(), block_size, k_block, accumulator.numel() // block_size, k_last)
+    microadam_reference.block_topk(accumulator, indices_row, values_row, layout)
+
+
+@_define("MicroAdam", "ef_quantize_(Tensor(a!) accumulator, Tensor indices_row, Tensor(b!) error_feedback, "
+                      "Tensor(c!) bucket_min, Tensor(d!) bucket_max, int bucket_size, int block_size, int k_block, "
+                      "bool stochastic, int key) -> ()")
+def ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
+                 stochastic, key):
+    layout = _layout(accumulator.numel(), block_size, k_block, indices_row.numel())
+    microadam_reference.ef_quantize_(accumulator, indices_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                                     layout, stochastic, key)
+
+
+# Steps 2 to 5 fused: what the three ops above do in turn, in one pass per block in the CPU kernel.
+@_define("MicroAdam", "ef_compress_(Tensor(a!) accumulator, Tensor(b!) indices_row, Tensor(c!) values_row, "
+                      "Tensor(d!) error_feedback, Tensor(e!) bucket_min, Tensor(f!) bucket_max, int bucket_size, "
+                      "int block_size, int k_block, int k_last, bool stochastic, int key) -> ()")
+def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                 block_size, k_block, k_last, stochastic, key):
+    layout = TopKLayout(accumulator.numel(), block_size, k_block, accumulator.numel() // block_size, k_last)
+    microadam_reference.ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max,
+                                     bucket_size, layout, stochastic, key)
+
+
+@_define("MicroAdam", "window_adam_update_(Tensor(a!) param, Tensor window_indices, Tensor window_values, "
+                      "Tensor row_weights1, Tensor row_weights2, int block_size, int k_block, float c1, float c2, "
+                      "float eps, float lr, float weight_decay) -> ()")
+def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, block_size, k_block,
+                        c1, c2, eps, lr, weight_decay):
+    layout = _layout(param.numel(), block_size, k_block, window_indices.shape[-1])
+    microadam_reference.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2,
+                                            layout, c1, c2, eps, lr, weight_decay)
+
+
+@_define("AdamMini", "adam_mini_update_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor row_denominator, "
+                     "int block_axis, float step_size, float beta1, float lr, float weight_decay, bool stochastic, "
+                     "int key) -> ()")
+def adam_mini_update_(param, grad, exp_avg, row_denominator, block_axis, step_size, beta1, lr, weight_decay,
+                      stochastic, key):
+    adam_mini_reference.apply_moments_(param, grad, exp_avg, row_denominator, block_axis=block_axis,
+                                       step_size=step_size, beta1=beta1, lr=lr, weight_decay=weight_decay,
+                                       stochastic_key=key if stochastic else None)
+
+
+def op_names(optimizer: str | None = None) -> tuple[str, ...]:
+    """The names of every op, or of those ``optimizer`` (``"MicroAdam"``, ``"AdamMini"``) uses."""
+    return tuple(name for name, op in OPS.items() if optimizer in (None, op.optimizer))
+
+
+__all__ = ["NAMESPACE", "OPS", "OpDefinition", "op_names"]
