@@ -45,7 +45,9 @@ class MicroOptDDPStrategy(DDPStrategy):
     - ``gradient_compression``: instead of all-reducing each gradient bucket, every rank sends its block Top-K
       with 4-bit error feedback (:func:`~lit_microopt.strategies.compression.topk_compression_hook`), about 1 % of
       the bytes at density 0.01 on two ranks. It changes the training (MicroAdam's own compression, applied to the
-      communication), unlike sharding. Registered on every device and backend, CPU and gloo included.
+      communication), unlike sharding. Registered on every device and backend, CPU and gloo included. Each
+      rank's error feedback is saved in checkpoints, naming its parameters, so that a resume on as many processes
+      takes the steps of an uninterrupted run, whatever buckets DDP starts the resumed process with.
 
     Registered names: ``microopt_ddp`` (both), ``microopt_ddp_spawn`` (both, spawned processes),
     ``microopt_ddp_sharded`` (sharding only), ``microopt_ddp_compressed`` (compression only).
@@ -145,6 +147,9 @@ class MicroOptDDPStrategy(DDPStrategy):
         hook = self._ddp_comm_hook
         if self._ddp_comm_wrapper is not None:
             hook = self._ddp_comm_wrapper(hook)
+        if self.compression_state is not None:
+            # Checkpoints name the parameters each error feedback belongs to, whatever DDP's buckets are.
+            self.compression_state.name_parameters(self.model.module)
         self.model.register_comm_hook(state=self._ddp_comm_state, hook=hook)
         if self.gradient_compression is not None:
             rank_zero_info(f"MicroOptDDPStrategy: gradients are sent as a block Top-K ({self.gradient_compression}).")
@@ -177,7 +182,16 @@ class MicroOptDDPStrategy(DDPStrategy):
 
     @override
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
-        """Load each optimizer's full state dict; a sharded optimizer keeps its share of the parameters."""
+        """Load each optimizer's full state dict; a sharded optimizer keeps its share of the parameters.
+
+        The compression hook's state is restored with it, before the first synchronised step (and checked first).
+
+        Raises:
+            ValueError: the checkpoint's error feedback is of another number of processes, other compression
+                settings or other parameters; nothing is loaded.
+        """
+        # Checked and restored first (fit only), so that a checkpoint that does not fit loads nothing.
+        self._restore_compression_state(checkpoint)
         for optimizer, state_dict in zip(self.optimizers, checkpoint["optimizer_states"]):
             sharding = self.sharding_of(optimizer)
             if sharding is None:
@@ -185,8 +199,6 @@ class MicroOptDDPStrategy(DDPStrategy):
             else:
                 sharding.load_state_dict(state_dict)
             _optimizer_to_device(optimizer, self.root_device)
-        # Restored with the rest of the training state (fit only), before the first synchronised step.
-        self._restore_compression_state(checkpoint)
 
     # -- the compression hook's state in checkpoints ------------------------------------------------------
 
@@ -206,20 +218,27 @@ class MicroOptDDPStrategy(DDPStrategy):
 
     def _restore_compression_state(self, checkpoint: Mapping[str, Any]) -> None:
         state = self.compression_state
-        if state is None:
-            return
         per_rank = checkpoint.get(COMPRESSION_CHECKPOINT_KEY)
+        if state is None:
+            if per_rank is not None:
+                rank_zero_warn("MicroOptDDPStrategy: the checkpoint holds gradient-compression error feedback, but "
+                               "this run sends dense gradients; the error feedback is left out.")
+            return
         if per_rank is None:
             rank_zero_warn("MicroOptDDPStrategy: the checkpoint holds no gradient-compression state; the error "
                            "feedback starts from zero, so the run goes on differently than it would have.")
-        elif len(per_rank) != self.world_size:
-            rank_zero_warn(f"MicroOptDDPStrategy: the checkpoint's gradient-compression state is of {len(per_rank)} "
-                           f"processes, this run has {self.world_size}; the error feedback starts from zero.")
+            return
+        if len(per_rank) != self.world_size:
+            problem = f"it is of {len(per_rank)} processes, but this run has {self.world_size}"
         else:
-            try:
-                state.load_state_dict(per_rank[self.global_rank], device=self.root_device)
-            except ValueError as error:
-                rank_zero_warn(f"{error} The error feedback starts from zero.")
+            problem = state.state_dict_problem(per_rank[self.global_rank])
+        if problem is not None:
+            raise ValueError(
+                f"MicroOptDDPStrategy: the checkpoint's gradient-compression error feedback cannot be loaded, as "
+                f"{problem}; resume with the processes, model and gradient_compression settings that saved it, or "
+                f"delete the checkpoint's {COMPRESSION_CHECKPOINT_KEY!r} entry to start the error feedback from zero."
+            )
+        state.load_state_dict(per_rank[self.global_rank], device=self.root_device)
 
     @override
     def teardown(self) -> None:

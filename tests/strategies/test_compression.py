@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lit_microopt import ops
 from lit_microopt.strategies import TopKCompression, TopKCompressionState, topk_compression_hook
+from lit_microopt.strategies.compression import _ErrorFeedback
 from tests.strategies.distributed import spawn
 
 
@@ -38,7 +39,7 @@ def test_bytes_per_element_counts_indices_and_values():
 
 def test_the_state_pickles_without_its_process_group():
     state = TopKCompressionState(TopKCompression(density=0.05), process_group=threading.Lock())  # unpicklable
-    feedback = state.feedback_for(3, torch.zeros(100))
+    feedback = state.error_feedback[3] = _ErrorFeedback(("weight",), 100, 64, torch.device("cpu"))
     feedback.codes.fill_(7)
     state.iteration, state.bytes_sent, state.dense_bytes = 5, 40, 4000
     copied = pickle.loads(pickle.dumps(state))
@@ -106,3 +107,70 @@ def test_two_ranks_receive_the_average_of_their_top_k_and_keep_the_rest():
     # The state is made here and pickled into the spawned processes, as Lightning's ddp_spawn does.
     state = TopKCompressionState(TopKCompression(density=0.02, block_size=1024, quant_bucket_size=64))
     spawn(check_hook, 2, state)
+
+
+def train_with_compression(rank: int, world_size: int, steps: int, resume_at: int | None, folder: str) -> None:
+    """``steps`` SGD steps of a small net through DDP with the hook (small buckets: several of them), the state
+    handed to a new DDP and a new state after ``resume_at`` steps, as a resumed process does; the weights are saved."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 48), torch.nn.Tanh(),
+                              torch.nn.Linear(48, 8))
+    compression = TopKCompression(density=0.05, block_size=256, ef_rounding="stochastic")
+
+    def wrap(saved: dict | None) -> tuple[DistributedDataParallel, TopKCompressionState]:
+        model = DistributedDataParallel(net, bucket_cap_mb=0.008)  # 2000 float32 elements a bucket
+        state = TopKCompressionState(compression)
+        state.name_parameters(net)
+        if saved is not None:
+            state.load_state_dict(saved)
+        model.register_comm_hook(state, topk_compression_hook)
+        return model, state
+
+    model, state = wrap(None)
+    generator = torch.Generator().manual_seed(rank)
+    for step in range(steps):
+        if step == resume_at:
+            model, state = wrap(state.state_dict())
+        net.zero_grad()
+        model(torch.randn(16, 32, generator=generator)).square().mean().backward()
+        with torch.no_grad():
+            for param in net.parameters():
+                param -= 0.1 * param.grad
+    torch.save({"parameters": [param.detach() for param in net.parameters()],
+                "units": {index: unit.parameters for index, unit in state.error_feedback.items()}},
+               f"{folder}/rank{rank}.pt")
+
+
+def test_a_new_ddp_given_the_state_takes_the_steps_of_the_old_one(tmp_path):
+    # A new DDP starts with one bucket of every parameter, in parameter order, where the old one had rebuilt its
+    # buckets in the order gradients came in: the hook compresses the saved units one by one.
+    (tmp_path / "uninterrupted").mkdir(), (tmp_path / "resumed").mkdir()
+    spawn(train_with_compression, 2, 6, None, str(tmp_path / "uninterrupted"))
+    spawn(train_with_compression, 2, 6, 3, str(tmp_path / "resumed"))
+    for rank in (0, 1):
+        expected, found = (torch.load(tmp_path / run / f"rank{rank}.pt") for run in ("uninterrupted", "resumed"))
+        assert len(expected["units"]) > 1 and expected["units"] == found["units"]
+        for wanted, got in zip(expected["parameters"], found["parameters"]):
+            assert torch.equal(wanted, got)
+
+
+def test_a_state_of_other_settings_or_parameters_is_refused_and_nothing_is_loaded():
+    net = torch.nn.Linear(4, 3)
+    saved = TopKCompressionState(TopKCompression(density=0.05))
+    saved.iteration = 7
+    saved.error_feedback[0] = _ErrorFeedback(("weight", "bias"), 15, 64, torch.device("cpu"))
+    state = TopKCompressionState(TopKCompression(density=0.1))
+    state.name_parameters(net)
+    with pytest.raises(ValueError, match=r"saved with TopKCompression\(density=0.05.*resume with the same model"):
+        state.load_state_dict(saved.state_dict())
+    assert state.iteration == 0 and not state.error_feedback
+    state = TopKCompressionState(TopKCompression(density=0.05))
+    state.name_parameters(torch.nn.Linear(5, 3))
+    with pytest.raises(ValueError, match=r"the parameters \['weight', 'bias'\] hold 15 elements"):
+        state.load_state_dict(saved.state_dict())
+    state.name_parameters(torch.nn.Sequential(net))
+    with pytest.raises(ValueError, match="parameter 'weight', which this model does not have"):
+        state.load_state_dict(saved.state_dict())
+    state.name_parameters(net)
+    state.load_state_dict(saved.state_dict())
+    assert state.iteration == 7 and state.error_feedback[0].parameters == ("weight", "bias")

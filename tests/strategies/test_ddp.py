@@ -1,7 +1,9 @@
-"""MicroOptDDPStrategy as an object: its registry names, its arguments, and pickling for spawned processes."""
+"""MicroOptDDPStrategy as an object: its registry names, its arguments, pickling for spawned processes, and the
+check of a checkpoint's compression state."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -9,7 +11,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import StrategyRegistry
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from lit_microopt.strategies import MicroOptDDPStrategy, TopKCompression, topk_compression_hook
+from lit_microopt.strategies import MicroOptDDPStrategy, TopKCompression, TopKCompressionState, topk_compression_hook
+from lit_microopt.strategies.ddp import COMPRESSION_CHECKPOINT_KEY
 
 
 @pytest.mark.parametrize(
@@ -52,3 +55,21 @@ def test_the_strategy_and_its_compression_state_pickle_for_spawned_processes():
     copied = pickle.loads(pickle.dumps(strategy))
     assert copied.compression_state.compression == TopKCompression(density=0.05)
     assert copied.shard_optimizer_state and copied._ddp_comm_hook is topk_compression_hook
+
+
+def test_a_checkpoint_whose_error_feedback_does_not_fit_is_refused_before_anything_is_loaded():
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="microopt_ddp", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    strategy = trainer.strategy
+    saved = TopKCompressionState(TopKCompression()).state_dict()
+    saved["iteration"] = 8
+    # Optimizer states that would fail to load: the check comes first.
+    checkpoint = {COMPRESSION_CHECKPOINT_KEY: [saved] * 3, "optimizer_states": [None]}
+    with pytest.raises(ValueError, match="it is of 3 processes, but this run has 2; resume with the processes, "
+                       "model and gradient_compression settings that saved it, or delete the checkpoint's "
+                       "'microopt_ddp_compression' entry"):
+        strategy.load_optimizer_state_dict(checkpoint)
+    other = {**saved, "compression": dataclasses.asdict(TopKCompression(block_size=4096))}
+    with pytest.raises(ValueError, match=r"saved with TopKCompression\(density=0.01, block_size=4096"):
+        strategy.load_optimizer_state_dict({**checkpoint, COMPRESSION_CHECKPOINT_KEY: [other] * 2})
+    assert strategy.compression_state.iteration == 0
