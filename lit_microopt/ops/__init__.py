@@ -15,7 +15,7 @@ from lit_microopt.ops.reference import adam_mini as _adam_mini_reference
 from lit_microopt.ops.reference import microadam as _reference
 from lit_microopt.ops.reference.adam_mini import block_mean_squares
 from lit_microopt.ops.reference.microadam import TopKLayout, dequantize, slices, window_positions
-from lit_microopt.ops.reference.random import stream_key
+from lit_microopt.ops.reference.random import param_rounding_keys, stream_key
 
 _compiled = torch.ops.lit_microopt
 
@@ -61,21 +61,27 @@ def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_mi
 
 
 def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout: TopKLayout,
-                        c1: float, c2: float, eps: float, lr: float, weight_decay: float) -> None:
-    """Steps 6 and 7: moments from the window, weight decay, the update."""
+                        c1: float, c2: float, eps: float, lr: float, weight_decay: float,
+                        stochastic_param: bool = False, param_key: int = 0, decay_key: int = 0) -> None:
+    """Steps 6 and 7: moments from the window, weight decay, the update (a 16-bit parameter rounded stochastically
+    with ``stochastic_param``)."""
     if use_compiled(param, "window_adam_update_"):
         _compiled.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2,
-                                      layout.block_size, layout.k_block, c1, c2, eps, lr, weight_decay)
+                                      layout.block_size, layout.k_block, c1, c2, eps, lr, weight_decay,
+                                      stochastic_param, param_key, decay_key)
     else:
         _reference.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout,
-                                       c1, c2, eps, lr, weight_decay)
+                                       c1, c2, eps, lr, weight_decay, stochastic_param, param_key, decay_key)
 
 
 def _compiled_apply_moments_(param, grad, exp_avg, row_denominator, *, block_axis: int, step_size: float,
-                             beta1: float, lr: float, weight_decay: float, stochastic_key: int | None) -> None:
+                             beta1: float, lr: float, weight_decay: float, stochastic_key: int | None,
+                             param_keys: tuple[int, int] | None = None) -> None:
     """The compiled twin of :func:`lit_microopt.ops.reference.adam_mini.apply_moments_`."""
+    update_key, decay_key = param_keys or (0, 0)
     _compiled.adam_mini_update_(param, grad.contiguous(), exp_avg, row_denominator, block_axis, step_size, beta1, lr,
-                                weight_decay, stochastic_key is not None, stochastic_key or 0)
+                                weight_decay, stochastic_key is not None, stochastic_key or 0, param_keys is not None,
+                                update_key, decay_key)
 
 
 def adam_mini_update_(param, grad, exp_avg, exp_avg_sq, **arguments) -> None:
@@ -102,6 +108,7 @@ __all__ = [
     "ef_dequant_add_",
     "ef_quantize_",
     "kernels_report",
+    "param_rounding_keys",
     "slices",
     "stream_key",
     "use_compiled",
