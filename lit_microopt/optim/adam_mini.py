@@ -304,7 +304,11 @@ class AdamMini(ExactStateOptimizer):
     ) -> dict[str, Any]:
         """A saved state with its ``rounding_seed`` as ``group`` needs it: a state saved while the parameter was
         rounded to nearest (a checkpoint from before ``param_rounding``, or one saved with ``"nearest"``) gets the
-        seed a new state gets, its position; a seed that ``group`` no longer uses is dropped."""
+        seed a new state gets, its position; a seed that ``group`` no longer uses is dropped. A state saved with
+        another ``state_dtype`` is left as it is, for the checks to refuse."""
+        exp_avg = saved_state.get("exp_avg")
+        if not isinstance(exp_avg, torch.Tensor) or exp_avg.dtype != self._moment_dtype(param):
+            return saved_state
         needs_seed = self._rounds_stochastically(param, group)
         if needs_seed and "rounding_seed" not in saved_state:
             return {**saved_state, "rounding_seed": torch.tensor(position, dtype=torch.int64)}
