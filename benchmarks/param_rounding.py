@@ -129,10 +129,15 @@ def main(argv: list[str] | None = None) -> None:
                         "quickstart's 440)")
     parser.add_argument("--eval-size", type=int, default=250, help="validation problems (default: 250)")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, steadier on a shared "
+                        "machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "param_rounding.md")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.eval_size < 1:
         parser.error("--steps and --eval-size must be at least 1.")
+    import torch
+
+    torch.set_num_threads(args.threads)
     sys.argv = sys.argv[:1]  # the CLI reads its arguments from the list it is given only
     rows = []
     with tempfile.TemporaryDirectory() as folder:

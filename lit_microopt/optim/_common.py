@@ -270,9 +270,10 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
     def _completed_saved_state(
         self, param: torch.Tensor, group: dict[str, Any], position: int, saved_state: dict[str, Any]
     ) -> dict[str, Any]:
-        """A saved state (not empty) of ``param`` as ``group``, the group once loaded, needs it, before it is checked
-        and loaded: what a subclass can supply without changing the results (``position``: the parameter's place
-        in ``state_dict`` order, which seeds a new state). Returns a new dict, or ``saved_state`` as it is."""
+        """``saved_state`` (not empty) of ``param`` completed to what ``group``, the group as it will be once loaded,
+        needs, before it is checked and loaded: entries a subclass can supply without changing the results
+        (``position`` is the parameter's place in ``state_dict`` order, which seeds a new state). Returns a new dict,
+        or ``saved_state`` itself when nothing changes (the default)."""
         return saved_state
 
     def _complete_loaded_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -274,6 +274,7 @@ class AdamMini(ExactStateOptimizer):
         return self.state_dtype or param.dtype
 
     def _group_of(self, param: torch.Tensor) -> dict[str, Any]:
+        """The param group that holds ``param``."""
         return next(group for group in self.param_groups if any(p is param for p in group["params"]))
 
     def _rounds_stochastically(self, param: torch.Tensor, group: dict[str, Any] | None = None) -> bool:
