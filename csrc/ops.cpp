@@ -27,7 +27,8 @@ TORCH_LIBRARY(lit_microopt, m) {
   // (stream decay_key) and after the update (stream param_key); float32 parameters ignore it.
   m.def("window_adam_update_(Tensor(a!) param, Tensor window_indices, Tensor window_values, "
         "Tensor row_weights1, Tensor row_weights2, int block_size, int k_block, float c1, float c2, "
-        "float eps, float lr, float weight_decay, bool stochastic_param=False, int param_key=0, int decay_key=0) -> ()");
+        "float eps, float lr, float weight_decay, bool stochastic_param=False, int param_key=0, "
+        "int decay_key=0) -> ()");
   m.def("adam_mini_update_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor row_denominator, "
         "int block_axis, float step_size, float beta1, float lr, float weight_decay, bool stochastic, "
         "int key, bool stochastic_param=False, int param_key=0, int decay_key=0) -> ()");

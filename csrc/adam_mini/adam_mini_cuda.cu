@@ -14,7 +14,8 @@ constexpr int kThreads = 256;
 template <int MomentCode>
 __device__ __forceinline__ typename Element<MomentCode>::storage round_moment(float value, const Hyperparameters& h,
                                                                              int64_t index) {
-  return h.stochastic ? store_stochastically<MomentCode>(value, uniform(h.key, index)) : Element<MomentCode>::store(value);
+  return h.stochastic ? store_stochastically<MomentCode>(value, uniform(h.key, index))
+                      : Element<MomentCode>::store(value);
 }
 
 // p stored in its dtype: rounded to nearest, or with param_rounding="stochastic" stochastically from the stream

@@ -82,7 +82,9 @@ def uniform(key: int, start: int, count: int, device: torch.device | str) -> tor
     return uniform_at(key, torch.arange(start, start + count, dtype=torch.int64, device=device))
 
 
-def stochastic_round(values: torch.Tensor, dtype: torch.dtype, key: int, index: torch.Tensor | None = None) -> torch.Tensor:
+def stochastic_round(
+    values: torch.Tensor, dtype: torch.dtype, key: int, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """``values`` (float32) rounded to ``dtype`` up or down at random, unbiased: E[result] = values.
 
     The random numbers come from the counter-based stream ``key``, one per element: element ``j`` of ``values``
