@@ -1,6 +1,7 @@
 // Adam-mini's element-wise pass on the CPU, the twin of apply_moments_ in
 // lit_microopt/ops/reference/adam_mini.py: weight decay, m's update, p -= step_size * m / d_row, m written
-// back in its dtype (stochastically rounded when narrower than the parameter). One pass over p, g and m.
+// back in its dtype (stochastically rounded when narrower than the parameter), p rounded to nearest or, with
+// param_rounding="stochastic", stochastically. One pass over p, g and m.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -8,6 +9,7 @@
 
 #include <type_traits>
 
+#include "../common/cpu_rounding.h"
 #include "adam_mini_checks.h"
 #include "adam_mini_math.h"
 #include "../common/kernel_registration.h"
@@ -16,35 +18,24 @@ namespace lit_microopt {
 namespace adam_mini {
 namespace {
 
-// bits of a 16-bit float and back (c10::BFloat16 and c10::Half keep theirs in `x`).
-template <typename T>
-uint16_t bits16(T value) { return value.x; }
-template <typename T>
-T from_bits16(uint16_t bits) { return T(bits, T::from_bits()); }
-
-template <typename moment_t>
-moment_t round_stochastically(float value, float random) {
-  if constexpr (std::is_same_v<moment_t, at::BFloat16>) {
-    return from_bits16<at::BFloat16>(stochastic_bfloat16(value, random));
-  } else if constexpr (std::is_same_v<moment_t, at::Half>) {
-    const at::Half nearest = static_cast<at::Half>(value);
-    const float nearest_value = static_cast<float>(nearest);
-    const at::Half neighbour = from_bits16<at::Half>(bfloat16_next(bits16(nearest), value - nearest_value > 0.0f));
-    return take_neighbour(value, nearest_value, static_cast<float>(neighbour), random) ? neighbour : nearest;
-  } else {
-    return static_cast<moment_t>(value);  // not narrower than any parameter: never called
-  }
-}
-
 template <typename param_t, typename moment_t>
 inline void update_element(param_t& param, param_t grad, moment_t& moment, float denominator,
                            const Hyperparameters& h, int64_t index) {
+  // param_rounding="stochastic" rounds a 16-bit p twice, each rounding with its own stream; float32 has nothing
+  // to round.
+  const bool stochastic_param = h.stochastic_param && !std::is_same_v<param_t, float>;
   float p = static_cast<float>(param);
-  if (h.decays) p = static_cast<float>(static_cast<param_t>(p * h.decay));  // weight decay rounds p
+  if (h.decays) {  // weight decay rounds p
+    const float decayed = p * h.decay;
+    p = static_cast<float>(stochastic_param ? round_stochastically<param_t>(decayed, uniform(h.decay_key, index))
+                                            : static_cast<param_t>(decayed));
+  }
   const float updated = lerp(static_cast<float>(moment), static_cast<float>(grad), h.weight);
   // m in the parameter's dtype is rounded before it is used, as the reference's in-place lerp_ does.
   const float used = std::is_same_v<param_t, moment_t> ? static_cast<float>(static_cast<moment_t>(updated)) : updated;
-  param = static_cast<param_t>(apply_update(p, used, denominator, h.step_size));
+  const float next = apply_update(p, used, denominator, h.step_size);
+  param = stochastic_param ? round_stochastically<param_t>(next, uniform(h.param_key, index))
+                           : static_cast<param_t>(next);
   moment = h.stochastic ? round_stochastically<moment_t>(updated, uniform(h.key, index))
                         : static_cast<moment_t>(updated);
 }
@@ -82,10 +73,12 @@ void update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, cons
 
 void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
                           const at::Tensor& row_denominator, int64_t block_axis, double step_size, double beta1,
-                          double lr, double weight_decay, bool stochastic, int64_t key) {
+                          double lr, double weight_decay, bool stochastic, int64_t key, bool stochastic_param,
+                          int64_t param_key, int64_t decay_key) {
   check_kernel_device(param, "param", at::kCPU);
   check_arguments(param, grad, exp_avg, row_denominator, block_axis);
-  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key);
+  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key, stochastic_param,
+                                                 param_key, decay_key);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "adam_mini_update_", [&] {
     using param_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, exp_avg.scalar_type(), "adam_mini_update_", [&] {

@@ -10,20 +10,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// m stored in its dtype: rounded to nearest, or stochastically when it is narrower than the parameter.
 template <int MomentCode>
 __device__ __forceinline__ typename Element<MomentCode>::storage round_moment(float value, const Hyperparameters& h,
                                                                              int64_t index) {
-  if constexpr (MomentCode == kBFloat16) {
-    return h.stochastic ? stochastic_bfloat16(value, uniform(h.key, index)) : Element<kBFloat16>::store(value);
-  } else if constexpr (MomentCode == kFloat16) {
-    const uint16_t nearest = Element<kFloat16>::store(value);
-    if (!h.stochastic) return nearest;
-    const float nearest_value = Element<kFloat16>::load(nearest);
-    const uint16_t neighbour = bfloat16_next(nearest, value - nearest_value > 0.0f);  // sign-magnitude, as bf16
-    return take_neighbour(value, nearest_value, Element<kFloat16>::load(neighbour), uniform(h.key, index)) ? neighbour
-                                                                                                           : nearest;
-  } else {
+  return h.stochastic ? store_stochastically<MomentCode>(value, uniform(h.key, index))
+                      : Element<MomentCode>::store(value);
+}
+
+// p stored in its dtype: rounded to nearest, or with param_rounding="stochastic" stochastically from the stream
+// `key` (float32 has nothing to round).
+template <int ParamCode>
+__device__ __forceinline__ typename Element<ParamCode>::storage round_param(float value, const Hyperparameters& h,
+                                                                           uint32_t key, int64_t index) {
+  if constexpr (ParamCode == kFloat32) {
     return value;
+  } else {
+    return h.stochastic_param ? store_stochastically<ParamCode>(value, uniform(key, index))
+                              : Element<ParamCode>::store(value);
   }
 }
 
@@ -39,11 +43,11 @@ __global__ void adam_mini_kernel(typename Element<ParamCode>::storage* params,
     // Axis 0: rows of row_numel elements; axis 1: the row is the column index, i mod rows.
     const int64_t row = block_axis == 0 ? row_numel.divide(i) : i - rows.divide(i) * rows.divisor;
     float p = P::load(params[i]);
-    if (h.decays) p = P::load(P::store(p * h.decay));  // weight decay rounds p
+    if (h.decays) p = P::load(round_param<ParamCode>(p * h.decay, h, h.decay_key, i));  // weight decay rounds p
     const float updated = lerp(M::load(moments[i]), P::load(grads[i]), h.weight);
     // m in the parameter's dtype is rounded before it is used, as the reference's in-place lerp_ does.
     const float used = ParamCode == MomentCode ? M::load(M::store(updated)) : updated;
-    params[i] = P::store(apply_update(p, used, denominators[row], h.step_size));
+    params[i] = round_param<ParamCode>(apply_update(p, used, denominators[row], h.step_size), h, h.param_key, i);
     moments[i] = round_moment<MomentCode>(updated, h, i);
   }
 }

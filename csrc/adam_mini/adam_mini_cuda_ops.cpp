@@ -14,11 +14,13 @@ namespace {
 
 void adam_mini_update_cuda(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
                            const at::Tensor& row_denominator, int64_t block_axis, double step_size, double beta1,
-                           double lr, double weight_decay, bool stochastic, int64_t key) {
+                           double lr, double weight_decay, bool stochastic, int64_t key, bool stochastic_param,
+                           int64_t param_key, int64_t decay_key) {
   check_kernel_device(param, "param", kCudaKernelDevice);
   check_arguments(param, grad, exp_avg, row_denominator, block_axis);
   const c10::cuda::CUDAGuard guard(param.device());
-  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key);
+  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key, stochastic_param,
+                                                 param_key, decay_key);
   check_launch(launch_adam_mini_update(dtype_code(param, "param"), dtype_code(exp_avg, "exp_avg"), param.data_ptr(),
                                        grad.data_ptr(), exp_avg.data_ptr(), row_denominator.data_ptr<float>(),
                                        param.numel(), row_denominator.numel(), static_cast<int>(block_axis), h,

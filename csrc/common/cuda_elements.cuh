@@ -49,6 +49,19 @@ struct Element<kFloat16> {
   static __device__ __forceinline__ uint16_t store(float value) { return __half_as_ushort(__float2half_rn(value)); }
 };
 
+// `value` stored as Element<Code> with unbiased stochastic rounding, from the stream's number `random` in [0, 1)
+// (numerics.h; the twin of cpu_rounding.h): float32 is the identity, a value the type holds exactly stays itself.
+template <int Code>
+__device__ __forceinline__ typename Element<Code>::storage store_stochastically(float value, float random) {
+  if constexpr (Code == kBFloat16) {
+    return stochastic_bfloat16(value, random);
+  } else if constexpr (Code == kFloat16) {
+    return stochastic_float16(value, Element<kFloat16>::store(value), random);
+  } else {
+    return value;
+  }
+}
+
 // Calls `function.template operator()<Code>()` for a runtime dtype code (returns false for an unknown code).
 template <typename Function>
 bool dispatch_dtype(int code, Function&& function) {

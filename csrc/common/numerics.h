@@ -1,5 +1,5 @@
 // Arithmetic shared by the CPU (C++) and CUDA kernels: bfloat16 rounding done on bits, the counter-based
-// random stream of stochastic rounding. Only <cstdint>/<cmath>: no PyTorch, no CUDA headers,
+// random stream and the stochastic rounding it drives. Only <cstdint>/<cmath>: no PyTorch, no CUDA headers,
 // so that .cu files stay quick to compile. Every function is the exact twin of a line of the Python
 // reference (lit_microopt/ops/reference), which is the definition.
 #pragma once
@@ -97,6 +97,40 @@ LMO_HOST_DEVICE uint16_t bfloat16_outward(float value, bool up) {
   const float back = bfloat16_to_float(rounded);
   if (up ? back < value : back > value) rounded = bfloat16_next(rounded, up);
   return rounded;
+}
+
+// float16 as its 16 bits, widened exactly (as c10::Half's and CUDA's conversions do).
+LMO_HOST_DEVICE float float16_to_float(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu, mantissa = bits & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float32
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-08f;
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 0x1fu) return bits_float(sign | 0x7f800000u | (mantissa << 13));  // infinity or NaN
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// Unbiased stochastic rounding of a float to bfloat16 (as bits): add 16 random bits below the kept ones and
+// truncate, which rounds the magnitude up with probability (dropped bits) / 2^16. A bfloat16 value stays itself.
+LMO_HOST_DEVICE uint16_t stochastic_bfloat16(float value, float random) {
+  const int32_t noise = static_cast<int32_t>(random * 65536.0f);
+  return static_cast<uint16_t>((float_bits(value) + static_cast<uint32_t>(noise)) >> 16);
+}
+
+// Unbiased stochastic rounding between a 16-bit float `nearest` and its neighbour on the other side of
+// `value`, given both as floats: keep `nearest` unless random < error / gap.
+LMO_HOST_DEVICE bool take_neighbour(float value, float nearest, float neighbour, float random) {
+  const float probability = (value - nearest) / (neighbour - nearest);
+  return random < probability;
+}
+
+// Unbiased stochastic rounding of a float to float16 (as bits), given its nearest float16 (round to nearest
+// even, which the caller's own conversion computes): the nearest or its neighbour on the other side of `value`.
+LMO_HOST_DEVICE uint16_t stochastic_float16(float value, uint16_t nearest, float random) {
+  const float nearest_value = float16_to_float(nearest);
+  const uint16_t neighbour = bfloat16_next(nearest, value - nearest_value > 0.0f);  // sign-magnitude, as bf16
+  return take_neighbour(value, nearest_value, float16_to_float(neighbour), random) ? neighbour : nearest;
 }
 
 // The "lowbias32" mixer of lit_microopt/ops/reference/random.py (unsigned arithmetic wraps mod 2**32).

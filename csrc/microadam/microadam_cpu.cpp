@@ -7,8 +7,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "../common/cpu_rounding.h"
 #include "microadam_checks.h"
 #include "microadam_chunks.h"
 #include "microadam_math.h"
@@ -359,6 +361,15 @@ LMO_CPU_CLONES void scale(scalar_t* values, int64_t count, float factor) {
   for (int64_t i = 0; i < count; ++i) values[i] = static_cast<scalar_t>(static_cast<float>(values[i]) * factor);
 }
 
+// The same decay with param_rounding="stochastic": each product rounded stochastically, element `first + i` drawing
+// from the stream `key`.
+template <typename scalar_t>
+LMO_CPU_CLONES void scale_stochastically(scalar_t* values, int64_t first, int64_t count, float factor, uint32_t key) {
+  for (int64_t i = 0; i < count; ++i) {
+    values[i] = round_stochastically<scalar_t>(static_cast<float>(values[i]) * factor, uniform(key, first + i));
+  }
+}
+
 // Step 6's sums for one Top-K block: S1 and S2 in block-sized buffers (zero between blocks), and a bitmap of the
 // positions the window holds. Positions are then visited in ascending order: the parameter's memory is read
 // as a stream the prefetcher follows, not in the window's random order.
@@ -400,7 +411,8 @@ struct WindowSums {
 // Steps 6 and 7: per block, the window's moments (WindowSums), then one update per position it holds.
 void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                             const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
-                            int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
+                            int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay,
+                            bool stochastic_param, int64_t param_key, int64_t decay_key) {
   check_kernel_device(param, "param", at::kCPU);
   const int64_t rows = check_window(param, window_indices, window_values, row_weights1, row_weights2, block_size,
                                     k_block);
@@ -415,19 +427,32 @@ void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, 
   const float lrf = static_cast<float>(lr);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "window_adam_update_", [&] {
     scalar_t* values = param.data_ptr<scalar_t>();
+    // param_rounding="stochastic" rounds a 16-bit p stochastically, after the decay and after the update, each with
+    // its own stream indexed by the element's position in the tensor; float32 has nothing to round.
+    const bool stochastic = stochastic_param && !std::is_same_v<scalar_t, float>;
+    const uint32_t update_stream = static_cast<uint32_t>(param_key), decay_stream = static_cast<uint32_t>(decay_key);
     if (weight_decay > 0) {
       const float factor = static_cast<float>(1.0 - lr * weight_decay);
-      at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) { scale(values + begin, end - begin, factor); });
+      at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) {
+        if (stochastic) {
+          scale_stochastically(values + begin, begin, end - begin, factor, decay_stream);
+        } else {
+          scale(values + begin, end - begin, factor);
+        }
+      });
     }
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       WindowSums sums(block_size);
       for (int64_t block = begin; block < end; ++block) {
         const int64_t first = block * k_block, last = std::min(columns, first + k_block);
         sums.accumulate(indices, window, weights1, weights2, rows, columns, first, last);
-        scalar_t* target = values + block * block_size;
+        const int64_t offset = block * block_size;
+        scalar_t* target = values + offset;
         sums.drain([&](int64_t j, float sum1, float sum2) {
           const float update = window_update(sum1, sum2, c1f, c2f, epsf);
-          target[j] = static_cast<scalar_t>(apply_update(static_cast<float>(target[j]), lrf, update));
+          const float next = apply_update(static_cast<float>(target[j]), lrf, update);
+          target[j] = stochastic ? round_stochastically<scalar_t>(next, uniform(update_stream, offset + j))
+                                 : static_cast<scalar_t>(next);
         });
       }
     });

@@ -164,12 +164,25 @@ __global__ void quantize_kernel(const typename Element<Code>::storage* values, u
   }
 }
 
+// p stored in its dtype: rounded to nearest, or with param_rounding="stochastic" stochastically, element `index`
+// drawing from the stream `key` (float32 has nothing to round).
+template <int Code>
+__device__ __forceinline__ typename Element<Code>::storage round_param(float value, bool stochastic, uint32_t key,
+                                                                      int64_t index) {
+  if constexpr (Code == kFloat32) {
+    return value;
+  } else {
+    return stochastic ? store_stochastically<Code>(value, uniform(key, index)) : Element<Code>::store(value);
+  }
+}
+
 // Step 7's decay: p *= 1 - lr * weight_decay, every element.
 template <int Code>
-__global__ void decay_kernel(typename Element<Code>::storage* values, int64_t numel, float factor) {
+__global__ void decay_kernel(typename Element<Code>::storage* values, int64_t numel, float factor, bool stochastic,
+                             uint32_t key) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    values[i] = Element<Code>::store(Element<Code>::load(values[i]) * factor);
+    values[i] = round_param<Code>(Element<Code>::load(values[i]) * factor, stochastic, key, i);
   }
 }
 
@@ -195,7 +208,8 @@ template <int Code>
 __global__ void window_update_kernel(typename Element<Code>::storage* values, const int16_t* indices,
                                      const uint16_t* window, const float* weights1, const float* weights2,
                                      int64_t rows, int64_t columns, int64_t block_size, int64_t k_block,
-                                     int64_t blocks, float c1, float c2, float eps, float lr) {
+                                     int64_t blocks, float c1, float c2, float eps, float lr, bool stochastic,
+                                     uint32_t key) {
   __shared__ int16_t staged[kStagedIndices];
   for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
     const int64_t first = block * k_block;
@@ -234,7 +248,8 @@ __global__ void window_update_kernel(typename Element<Code>::storage* values, co
       }
       if (!owner) continue;
       const float update = window_update(sum1, sum2, c1, c2, eps);
-      target[position] = Element<Code>::store(apply_update(Element<Code>::load(target[position]), lr, update));
+      target[position] = round_param<Code>(apply_update(Element<Code>::load(target[position]), lr, update),
+                                           stochastic, key, block * block_size + position);
     }
     __syncthreads();  // the next block restages
   }
@@ -286,16 +301,20 @@ cudaError_t launch_ef_quantize(int dtype, void* values, const int16_t* indices, 
 cudaError_t launch_window_adam_update(int dtype, void* values, const int16_t* indices, const uint16_t* window,
                                       const float* weights1, const float* weights2, int64_t rows, int64_t columns,
                                       int64_t numel, int64_t block_size, int64_t k_block, float c1, float c2,
-                                      float eps, float lr, bool decays, float decay, cudaStream_t stream) {
+                                      float eps, float lr, bool decays, float decay, bool stochastic_param,
+                                      uint32_t param_key, uint32_t decay_key, cudaStream_t stream) {
   if (numel == 0) return cudaSuccess;
   const int64_t blocks = (columns + k_block - 1) / k_block;
   const bool known = dispatch_dtype(dtype, [&]<int Code>() {
     using storage = typename Element<Code>::storage;
-    if (decays) decay_kernel<Code><<<blocks_for(numel), kThreads, 0, stream>>>(static_cast<storage*>(values), numel, decay);
+    if (decays) {
+      decay_kernel<Code><<<blocks_for(numel), kThreads, 0, stream>>>(static_cast<storage*>(values), numel, decay,
+                                                                     stochastic_param, decay_key);
+    }
     if (blocks > 0 && rows > 0) {
       window_update_kernel<Code><<<blocks_for(blocks, 1), kThreads, 0, stream>>>(
           static_cast<storage*>(values), indices, window, weights1, weights2, rows, columns, block_size, k_block,
-          blocks, c1, c2, eps, lr);
+          blocks, c1, c2, eps, lr, stochastic_param, param_key);
     }
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;

@@ -89,7 +89,8 @@ void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor
 
 void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                              const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
-                             int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay) {
+                             int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay,
+                             bool stochastic_param, int64_t param_key, int64_t decay_key) {
   check_kernel_device(param, "param", kCudaKernelDevice);
   const int64_t rows = check_window(param, window_indices, window_values, row_weights1, row_weights2, block_size,
                                     k_block);
@@ -99,7 +100,8 @@ void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices,
                    bf16(window_values), row_weights1.data_ptr<float>(), row_weights2.data_ptr<float>(), rows,
                    window_indices.size(1), param.numel(), block_size, k_block, static_cast<float>(c1),
                    static_cast<float>(c2), static_cast<float>(eps), static_cast<float>(lr), weight_decay > 0,
-                   static_cast<float>(1.0 - lr * weight_decay), c10::cuda::getCurrentCUDAStream()),
+                   static_cast<float>(1.0 - lr * weight_decay), stochastic_param, static_cast<uint32_t>(param_key),
+                   static_cast<uint32_t>(decay_key), c10::cuda::getCurrentCUDAStream()),
                "window_adam_update_");
 }
 

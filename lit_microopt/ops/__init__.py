@@ -13,7 +13,7 @@ from lit_microopt.ops.dispatch import compiled_available, kernels_report
 from lit_microopt.ops.reference import adam_mini as _adam_mini_reference
 from lit_microopt.ops.reference.adam_mini import block_mean_squares
 from lit_microopt.ops.reference.microadam import TopKLayout, dequantize, slices, window_positions
-from lit_microopt.ops.reference.random import stream_key
+from lit_microopt.ops.reference.random import param_rounding_keys, stream_key
 
 
 def ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size: int) -> None:
@@ -43,17 +43,23 @@ def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_mi
 
 
 def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, layout: TopKLayout,
-                        c1: float, c2: float, eps: float, lr: float, weight_decay: float) -> None:
-    """Steps 6 and 7: moments from the window, weight decay, the update."""
+                        c1: float, c2: float, eps: float, lr: float, weight_decay: float,
+                        stochastic_param: bool = False, param_key: int = 0, decay_key: int = 0) -> None:
+    """Steps 6 and 7: moments from the window, weight decay, the update (a 16-bit parameter rounded stochastically
+    with ``stochastic_param``)."""
     dispatch.run("window_adam_update_", param, window_indices, window_values, row_weights1, row_weights2,
-                 layout.block_size, layout.k_block, c1, c2, eps, lr, weight_decay)
+                 layout.block_size, layout.k_block, c1, c2, eps, lr, weight_decay, stochastic_param, param_key,
+                 decay_key)
 
 
 def _apply_moments_(param, grad, exp_avg, row_denominator, *, block_axis: int, step_size: float, beta1: float,
-                    lr: float, weight_decay: float, stochastic_key: int | None) -> None:
+                    lr: float, weight_decay: float, stochastic_key: int | None,
+                    param_keys: tuple[int, int] | None = None) -> None:
     """:func:`lit_microopt.ops.reference.adam_mini.apply_moments_` as the op ``adam_mini_update_``."""
+    update_key, decay_key = param_keys or (0, 0)
     dispatch.run("adam_mini_update_", param, grad.contiguous(), exp_avg, row_denominator, block_axis, step_size,
-                 beta1, lr, weight_decay, stochastic_key is not None, stochastic_key or 0)
+                 beta1, lr, weight_decay, stochastic_key is not None, stochastic_key or 0, param_keys is not None,
+                 update_key, decay_key)
 
 
 def adam_mini_update_(param, grad, exp_avg, exp_avg_sq, **arguments) -> None:
@@ -79,6 +85,7 @@ __all__ = [
     "ef_dequant_add_",
     "ef_quantize_",
     "kernels_report",
+    "param_rounding_keys",
     "slices",
     "stream_key",
     "window_adam_update_",

@@ -108,24 +108,29 @@ def ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_mi
                                      bucket_size, layout, stochastic, key)
 
 
+# stochastic_param: param_rounding="stochastic", a 16-bit parameter rounded stochastically after the weight decay
+# (stream decay_key) and after the update (stream param_key); float32 parameters ignore it.
 @_define("MicroAdam", "window_adam_update_(Tensor(a!) param, Tensor window_indices, Tensor window_values, "
                       "Tensor row_weights1, Tensor row_weights2, int block_size, int k_block, float c1, float c2, "
-                      "float eps, float lr, float weight_decay) -> ()")
+                      "float eps, float lr, float weight_decay, bool stochastic_param=False, int param_key=0, "
+                      "int decay_key=0) -> ()")
 def window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2, block_size, k_block,
-                        c1, c2, eps, lr, weight_decay):
+                        c1, c2, eps, lr, weight_decay, stochastic_param=False, param_key=0, decay_key=0):
     layout = _layout(param.numel(), block_size, k_block, window_indices.shape[-1])
     microadam_reference.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2,
-                                            layout, c1, c2, eps, lr, weight_decay)
+                                            layout, c1, c2, eps, lr, weight_decay, stochastic_param, param_key,
+                                            decay_key)
 
 
 @_define("AdamMini", "adam_mini_update_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor row_denominator, "
                      "int block_axis, float step_size, float beta1, float lr, float weight_decay, bool stochastic, "
-                     "int key) -> ()")
+                     "int key, bool stochastic_param=False, int param_key=0, int decay_key=0) -> ()")
 def adam_mini_update_(param, grad, exp_avg, row_denominator, block_axis, step_size, beta1, lr, weight_decay,
-                      stochastic, key):
+                      stochastic, key, stochastic_param=False, param_key=0, decay_key=0):
     adam_mini_reference.apply_moments_(param, grad, exp_avg, row_denominator, block_axis=block_axis,
                                        step_size=step_size, beta1=beta1, lr=lr, weight_decay=weight_decay,
-                                       stochastic_key=key if stochastic else None)
+                                       stochastic_key=key if stochastic else None,
+                                       param_keys=(param_key, decay_key) if stochastic_param else None)
 
 
 def op_names(optimizer: str | None = None) -> tuple[str, ...]:

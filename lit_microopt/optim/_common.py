@@ -18,14 +18,24 @@ from typing import Any
 import torch
 
 SUPPORTED_PARAMETER_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: How a bfloat16 or float16 parameter's new value is rounded to its dtype (``param_rounding``, per param group):
+#: to nearest, or stochastically (unbiased), so that updates below half an ulp still move it on average.
+PARAM_ROUNDING_MODES = ("nearest", "stochastic")
+
+
+def rounds_parameter_stochastically(group: dict[str, Any], param: torch.Tensor) -> bool:
+    """Whether ``param``'s new values are rounded stochastically: ``param_rounding="stochastic"`` in its group and a
+    dtype narrower than float32 (a float32 parameter has nothing to round)."""
+    return group.get("param_rounding", "nearest") == "stochastic" and param.dtype.itemsize < 4
 
 
 def check_common_hyperparameters(owner: str, group: dict[str, Any], where: str = "") -> None:
-    """Raise ``ValueError`` when ``lr``, ``betas``, ``eps`` or ``weight_decay`` of ``group`` is out of range.
+    """Raise ``ValueError`` when ``lr``, ``betas``, ``eps``, ``weight_decay`` or ``param_rounding`` of ``group`` is out
+    of range.
 
     Args:
         owner: the optimizer's class name, for the message.
-        group: a dict holding the four hyper-parameters.
+        group: a dict holding the five hyper-parameters.
         where: text naming the param group (``" in param group 1"``), empty for the constructor.
     """
     lr = group["lr"]
@@ -47,6 +57,10 @@ def check_common_hyperparameters(owner: str, group: dict[str, Any], where: str =
     weight_decay = float(group["weight_decay"])
     if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
         raise ValueError(f"{owner}: weight_decay{where} must be >= 0 and finite, got {group['weight_decay']}.")
+    if group["param_rounding"] not in PARAM_ROUNDING_MODES:
+        raise ValueError(
+            f"{owner}: param_rounding{where} must be 'nearest' or 'stochastic', got {group['param_rounding']!r}."
+        )
 
 
 def check_gradient_types(owner: str, named_gradients: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -110,6 +124,12 @@ def parameter_names(optimizer: torch.optim.Optimizer) -> list[str]:
         for index in range(len(group["params"])):
             names.append(given[index] if given else f"param_groups[{group_index}].params[{index}]")
     return names
+
+
+def _loaded_group(group: dict[str, Any], saved_group: dict[str, Any]) -> dict[str, Any]:
+    """A param group once a saved one is loaded into it: the saved settings win (as in ``torch.optim``), the
+    settings an older dict lacks stay the group's, and the parameters stay the group's."""
+    return {**group, **saved_group, "params": group["params"]}
 
 
 class ExactStateOptimizer(torch.optim.Optimizer, ABC):
@@ -215,6 +235,8 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
         owner = type(self).__name__
         names = iter(parameter_names(self))
         for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
+            # The state must fit the settings the group will have once loaded: the saved ones win.
+            group = _loaded_group(group, saved_group)
             for param, saved_id in zip(group["params"], saved_group["params"]):
                 name = next(names)
                 saved_state = state_dict["state"].get(saved_id)
@@ -244,6 +266,28 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
                             f"{dtype} {shape}; {self._dtype_fix(key)}"
                         )
                 self._check_loaded_values(name, param, group, saved_state)
+
+    def _completed_saved_state(
+        self, param: torch.Tensor, group: dict[str, Any], position: int, saved_state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``saved_state`` (not empty) of ``param`` completed to what ``group``, the group as it will be once loaded,
+        needs, before it is checked and loaded: entries a subclass can supply without changing the results
+        (``position`` is the parameter's place in ``state_dict`` order, which seeds a new state). Returns a new dict,
+        or ``saved_state`` itself when nothing changes (the default)."""
+        return saved_state
+
+    def _complete_loaded_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` with every parameter's state passed through :meth:`_completed_saved_state` (a shallow copy
+        when anything changes: the caller's dict is left as it is)."""
+        state = dict(state_dict["state"])
+        position = 0
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
+            loaded = _loaded_group(group, saved_group)
+            for param, saved_id in zip(group["params"], saved_group["params"]):
+                if state.get(saved_id):
+                    state[saved_id] = self._completed_saved_state(param, loaded, position, state[saved_id])
+                position += 1
+        return {**state_dict, "state": state}
 
     def _check_counter(self, name: str, key: str, value: Any) -> None:
         """A step count or seed is a whole number (a Python number, as older dicts hold it, or a 0-d tensor);
@@ -303,6 +347,7 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
                 f"{type(self).__name__}: the state dict has a different number of parameter groups or parameters "
                 "than this optimizer; build the optimizer from the same model and groups as the saved one."
             )
+        state_dict = self._complete_loaded_state(state_dict)
         self._check_loaded_state(state_dict)
 
         # torch's loading casts floating state to each parameter's dtype, which would corrupt this state: the
@@ -321,7 +366,7 @@ class ExactStateOptimizer(torch.optim.Optimizer, ABC):
             else:
                 state[param] = {key: self._restored_value(param, key, value) for key, value in saved_state.items()}
         # A saved group's settings win; settings an older dict lacks (and the names) stay this optimizer's.
-        param_groups = [{**group, **saved, "params": group["params"]} for group, saved in zip(self.param_groups, saved_groups)]
+        param_groups = [_loaded_group(group, saved) for group, saved in zip(self.param_groups, saved_groups)]
         self.__setstate__({"state": state, "param_groups": param_groups})
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -25,6 +25,7 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
+    rounds_parameter_stochastically,
 )
 from lit_microopt.optim._dtensor import (
     ShardBlocks,
@@ -130,6 +131,10 @@ class AdamMini(ExactStateOptimizer):
         state_dtype: dtype of the first moment ``m``; ``None`` means the parameter's dtype. A narrower dtype
             (``torch.bfloat16`` for float32 parameters) is written with unbiased stochastic rounding.
             ``v`` is always float32.
+        param_rounding: ``"nearest"`` or ``"stochastic"`` (unbiased) rounding of a bfloat16 or float16 parameter's
+            new values, after the weight decay and after the update (per group). Stochastic rounding keeps updates
+            below half a bfloat16 ulp, which rounding to nearest drops: use it for 16-bit weights without a float32
+            master copy (Lightning's ``precision="bf16-true"``). Float32 parameters are unaffected.
         check_finite: raise ``FloatingPointError`` before changing anything when a gradient holds a NaN or an
             infinity (one device sync per step). Pass ``False`` when a ``GradScaler`` owns that check.
         modules: the module that owns each parameter, by parameter name (``from_model`` fills it): a Hugging
@@ -166,11 +171,12 @@ class AdamMini(ExactStateOptimizer):
         head_dim: int | None = None,
         rules: Sequence[tuple[str, str]] | None = None,
         state_dtype: torch.dtype | None = None,
+        param_rounding: str = "nearest",
         check_finite: bool = True,
         modules: Mapping[str, torch.nn.Module] | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, param_rounding=param_rounding)
         check_common_hyperparameters("AdamMini", defaults)
         if state_dtype is not None and state_dtype not in SUPPORTED_PARAMETER_DTYPES:
             raise ValueError(
@@ -267,22 +273,49 @@ class AdamMini(ExactStateOptimizer):
     def _moment_dtype(self, param: torch.Tensor) -> torch.dtype:
         return self.state_dtype or param.dtype
 
-    def _rounds_stochastically(self, param: torch.Tensor) -> bool:
-        return self._moment_dtype(param).itemsize < param.dtype.itemsize
+    def _group_of(self, param: torch.Tensor) -> dict[str, Any]:
+        """The param group that holds ``param``."""
+        return next(group for group in self.param_groups if any(p is param for p in group["params"]))
 
-    def expected_state_shapes(self, param: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Shape and dtype of every state tensor of ``param``."""
+    def _rounds_stochastically(self, param: torch.Tensor, group: dict[str, Any] | None = None) -> bool:
+        """Whether ``param`` needs a random stream (a ``rounding_seed``): its first moment is narrower than it, or
+        it is a 16-bit parameter of a group with ``param_rounding="stochastic"``."""
+        if self._moment_dtype(param).itemsize < param.dtype.itemsize:
+            return True
+        return rounds_parameter_stochastically(self._group_of(param) if group is None else group, param)
+
+    def expected_state_shapes(
+        self, param: torch.Tensor, group: dict[str, Any] | None = None
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every state tensor of ``param`` (under ``group``'s settings; default: its own group)."""
         shapes = {
             "step": ((), torch.int64),
             "exp_avg": (tuple(param.shape), self._moment_dtype(param)),
             "exp_avg_sq": ((self._layouts[param].n_blocks,), torch.float32),
         }
-        if self._rounds_stochastically(param):
+        if self._rounds_stochastically(param, group):
             shapes["rounding_seed"] = ((), torch.int64)
         return shapes
 
     def _expected_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return self.expected_state_shapes(param)
+        return self.expected_state_shapes(param, group)
+
+    def _completed_saved_state(
+        self, param: torch.Tensor, group: dict[str, Any], position: int, saved_state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A saved state with its ``rounding_seed`` as ``group`` needs it: a state saved while the parameter was
+        rounded to nearest (a checkpoint from before ``param_rounding``, or one saved with ``"nearest"``) gets the
+        seed a new state gets, its position; a seed that ``group`` no longer uses is dropped. A state saved with
+        another ``state_dtype`` is left as it is, for the checks to refuse."""
+        exp_avg = saved_state.get("exp_avg")
+        if not isinstance(exp_avg, torch.Tensor) or exp_avg.dtype != self._moment_dtype(param):
+            return saved_state
+        needs_seed = self._rounds_stochastically(param, group)
+        if needs_seed and "rounding_seed" not in saved_state:
+            return {**saved_state, "rounding_seed": torch.tensor(position, dtype=torch.int64)}
+        if not needs_seed and "rounding_seed" in saved_state:
+            return {key: value for key, value in saved_state.items() if key != "rounding_seed"}
+        return saved_state
 
     def _new_state(self, param: torch.Tensor, group: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
         if not is_dtensor(param):
@@ -294,7 +327,7 @@ class AdamMini(ExactStateOptimizer):
             "exp_avg_sq": torch.zeros(self._layouts[param].n_blocks, dtype=torch.float32,
                                       device=local_tensor(param).device),
         }
-        if self._rounds_stochastically(param):
+        if self._rounds_stochastically(param, group):
             state["rounding_seed"] = torch.tensor(seed, dtype=torch.int64)
         return state
 
@@ -361,6 +394,9 @@ class AdamMini(ExactStateOptimizer):
             state = self.state[param]
             if not state:
                 state.update(self._new_state(param, group, seed=position))
+            elif "rounding_seed" not in state and self._rounds_stochastically(param, group):
+                # param_rounding switched to "stochastic" after the first step: the seed a new state gets.
+                state["rounding_seed"] = torch.tensor(position, dtype=torch.int64)
             state["step"] += 1
             layout = self._layouts[param]
             # A DTensor steps its local shard (its blocks; for local blocks, their slice of v).
@@ -380,7 +416,7 @@ class AdamMini(ExactStateOptimizer):
                 beta1=beta1, beta2=beta2, eps=float(group["eps"]),
                 weight_decay=float(group["weight_decay"]) if layout.weight_decay else 0.0,
                 rounding_seed=int(state["rounding_seed"]) if "rounding_seed" in state else 0,
-                block_mean_sq=block_mean_sq,
+                block_mean_sq=block_mean_sq, stochastic_param=rounds_parameter_stochastically(group, param),
             )
         share_local_blocks(owned_blocks)
 

@@ -20,6 +20,7 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
+    rounds_parameter_stochastically,
 )
 from lit_microopt.optim._dtensor import (
     FlatShard,
@@ -123,6 +124,10 @@ class MicroAdam(ExactStateOptimizer):
         block_size: Top-K block length, 1 to 32768.
         quant_bucket_size: elements per quantization bucket (even, >= 2).
         ef_rounding: ``"nearest"`` or ``"stochastic"`` (unbiased) rounding of the error feedback.
+        param_rounding: ``"nearest"`` or ``"stochastic"`` (unbiased) rounding of a bfloat16 or float16 parameter's
+            new values, after the weight decay and after the update (per group). Stochastic rounding keeps updates
+            below half a bfloat16 ulp, which rounding to nearest drops: use it for 16-bit weights without a float32
+            master copy (Lightning's ``precision="bf16-true"``). Float32 parameters are unaffected.
         check_finite: raise ``FloatingPointError`` before changing anything when a gradient holds a NaN or an
             infinity (one device sync per step). Pass ``False`` when a ``GradScaler`` owns that check.
 
@@ -152,12 +157,13 @@ class MicroAdam(ExactStateOptimizer):
         block_size: int = 8192,
         quant_bucket_size: int = 64,
         ef_rounding: str = "nearest",
+        param_rounding: str = "nearest",
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
             lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
             weight_decay=weight_decay, m=m, density=density, block_size=block_size,
-            quant_bucket_size=quant_bucket_size, ef_rounding=ef_rounding,
+            quant_bucket_size=quant_bucket_size, ef_rounding=ef_rounding, param_rounding=param_rounding,
         )
         _check_microadam_hyperparameters(defaults)
         self.check_finite = check_finite
@@ -348,7 +354,8 @@ class MicroAdam(ExactStateOptimizer):
         row = (t - 1) % m
         accumulator = _flat(grad)
 
-        key = ops.stream_key(int(state["rounding_seed"]), t)
+        seed = int(state["rounding_seed"])
+        key = ops.stream_key(seed, t)
         stochastic = group["ef_rounding"] == "stochastic"
         if not collect:  # steps 2 to 5 in one pass
             ops.ef_compress_(accumulator, indices[row], values[row], error_feedback, bucket_min, bucket_max,
@@ -375,9 +382,12 @@ class MicroAdam(ExactStateOptimizer):
         c1 = (1 - beta1) / (1 - beta1**t)
         c2 = (1 - beta2) / (1 - beta2**t)
         target = _flat(param)
+        # param_rounding="stochastic": the two roundings of a 16-bit parameter draw from streams of their own.
+        stochastic_param = rounds_parameter_stochastically(group, param)
+        param_key, decay_key = ops.param_rounding_keys(seed, t) if stochastic_param else (0, 0)
         ops.window_adam_update_(
             target, indices[:filled], values[:filled], weights1, weights2, layout,
-            c1, c2, float(group["eps"]), lr, float(group["weight_decay"]),
+            c1, c2, float(group["eps"]), lr, float(group["weight_decay"]), stochastic_param, param_key, decay_key,
         )
         if not param.is_contiguous():  # _flat stepped a copy
             param.copy_(target.view_as(param))

@@ -61,10 +61,11 @@ int main() {
          "ef_quantize_");
   expect(microadam::launch_window_adam_update(0, param.data(), indices.data(), window.data(), weights1.data(),
                                               weights2.data(), rows, columns, numel, block_size, k_block, 0.1f, 0.001f,
-                                              1e-8f, 1e-3f, true, 0.999f, nullptr), "window_adam_update_");
+                                              1e-8f, 1e-3f, true, 0.999f, false, 0u, 0u, nullptr),
+         "window_adam_update_");
   std::vector<float> grad(numel), moment(numel, 0.0f), denominators(60, 1.5f);
   for (float& value : grad) value = normal(generator);
-  const adam_mini::Hyperparameters h = adam_mini::make_hyperparameters(1e-3, 0.9, 1e-3, 0.1, false, 0);
+  const adam_mini::Hyperparameters h = adam_mini::make_hyperparameters(1e-3, 0.9, 1e-3, 0.1, false, 0, false, 0, 0);
   expect(adam_mini::launch_adam_mini_update(0, 0, param.data(), grad.data(), moment.data(), denominators.data(), numel,
                                             60, 0, h, nullptr), "adam_mini_update_");
   std::printf("%s\n", failures ? "emulated kernels: FAILED" : "emulated kernels: ran under ThreadSanitizer");

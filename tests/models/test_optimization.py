@@ -90,3 +90,33 @@ def test_schedule_arguments_are_checked():
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     with pytest.raises(ValueError, match="warmup_steps must be in"):
         WarmupDecayLR(optimizer, total_steps=5, warmup_steps=6)
+
+
+@pytest.mark.parametrize("cls", [MicroAdam, AdamMini])
+def test_param_rounding_from_the_configuration_reaches_every_param_group(cls):
+    optimizer = build_optimizer(jsonargparse_factory(cls, lr=1e-3, param_rounding="stochastic"), tiny_llama())
+    assert {group["param_rounding"] for group in optimizer.param_groups} == {"stochastic"}
+
+
+@pytest.mark.parametrize("overlay", [None, "quickstart_adam_mini.yaml"])
+def test_param_rounding_stochastic_in_a_config_file_reaches_the_optimizer(overlay, tmp_path, monkeypatch):
+    """``param_rounding: stochastic`` in a YAML file given to the command line (here an overlay of the quickstart)
+    is what the optimizer of the LightningModule rounds with."""
+    import sys
+    from pathlib import Path
+
+    from lit_microopt.cli import LitMicroOptCLI
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    settings = tmp_path / "bf16_stochastic.yaml"
+    settings.write_text("model:\n  init_args:\n    dtype: bfloat16\n    optimizer:\n      init_args:\n"
+                        "        param_rounding: stochastic\n")
+    files = [configs / "quickstart.yaml"] + ([configs / overlay] if overlay else []) + [settings]
+    monkeypatch.setattr(sys, "argv", ["lit_microopt"])
+    monkeypatch.chdir(tmp_path)
+    cli = LitMicroOptCLI([argument for path in files for argument in ("--config", str(path))]
+                         + ["--trainer.logger", "false", "--trainer.callbacks", "[]"], run=False)
+    optimizer = build_optimizer(cli.model.optimizer, cli.model.model)
+    assert isinstance(optimizer, AdamMini if overlay else MicroAdam)
+    assert {group["param_rounding"] for group in optimizer.param_groups} == {"stochastic"}
+    assert {p.dtype for group in optimizer.param_groups for p in group["params"]} == {torch.bfloat16}

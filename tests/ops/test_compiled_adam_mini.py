@@ -161,3 +161,63 @@ def test_torch_compile_of_a_training_step(optimizer_class):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("block_axis", [0, 1])
+@pytest.mark.parametrize("moment_dtype", [None, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_stochastic_param_rounding_matches_the_reference_bit_for_bit(target, dtype, block_axis, moment_dtype,
+                                                                     weight_decay):
+    """param_rounding="stochastic": the reference and every kernel round a 16-bit parameter from the same streams,
+    to the same bits. beta1 = 0 makes m's update exact in both (the kernels' lerp and PyTorch's fused one agree
+    there), so that the float32 value before rounding is the same and only the rounding is under test."""
+    if not target.emulated:
+        require_kernel(target.device)
+    generator = torch.Generator().manual_seed(0)
+    shape, rows = (12, 10), 12 if block_axis == 0 else 10
+    param = (1 + torch.randn(shape, generator=generator)).to(dtype)
+    grad = torch.randn(shape, generator=generator).to(dtype)
+    exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(moment_dtype or dtype)
+    row_denominator = 0.5 + torch.rand(rows, generator=generator)
+    narrower = exp_avg.element_size() < param.element_size()
+    key = stream_key(5, 3) if narrower else None
+    keys = ops.param_rounding_keys(5, 3)
+    arguments = dict(block_axis=block_axis, step_size=1e-3, beta1=0.0, lr=1e-3, weight_decay=weight_decay,
+                     stochastic_key=key)
+    expected = [param.clone(), exp_avg.clone()]
+    reference.apply_moments_(expected[0], grad, expected[1], row_denominator, **arguments, param_keys=keys)
+    actual = [param.clone().to(target.device), exp_avg.clone().to(target.device)]
+    target.ops.adam_mini_update_(actual[0], grad.to(target.device), actual[1], row_denominator.to(target.device),
+                                 block_axis, 1e-3, 0.0, 1e-3, weight_decay, key is not None, key or 0, True, *keys)
+    assert torch.equal(actual[0].cpu(), expected[0])
+    assert torch.equal(actual[1].cpu(), expected[1])
+    nearest = param.clone()
+    reference.apply_moments_(nearest, grad, exp_avg.clone(), row_denominator, **arguments)
+    if dtype == torch.float32:
+        assert torch.equal(expected[0], nearest)  # nothing to round
+    else:
+        assert not torch.equal(expected[0], nearest)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_emulated_cuda_kernel_equals_the_cpu_kernel_with_stochastic_param_rounding(dtype, weight_decay):
+    """With m's update as the kernels compute it (beta1 = 0.9, not exact), the CPU and CUDA kernels still give the
+    same bits: they share every formula, the stochastic rounding included."""
+    from tests.cuda_emulation import GuardedOps
+
+    require_kernel("cpu")
+    generator = torch.Generator().manual_seed(2)
+    keys = ops.param_rounding_keys(9, 4)
+    for block_axis, shape in ((0, (64, 48)), (1, (48, 64))):
+        param = (1 + torch.randn(shape, generator=generator)).to(dtype)
+        grad = torch.randn(shape, generator=generator).to(dtype)
+        exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(dtype)
+        row_denominator = 0.5 + torch.rand(64, generator=generator)
+        results = []
+        for kernels in (torch.ops.lit_microopt, GuardedOps()):
+            state = [param.clone(), exp_avg.clone()]
+            kernels.adam_mini_update_(state[0], grad, state[1], row_denominator, block_axis, 1e-3, 0.9, 1e-3,
+                                      weight_decay, False, 0, True, *keys)
+            results.append(state)
+        for cpu_result, emulated_result in zip(*results):
+            assert torch.equal(emulated_result, cpu_result)

@@ -462,3 +462,48 @@ class ReferenceOps:
         layout = ops.TopKLayout(numel, block_size, k_block, numel // block_size, k_last)
         reference.ef_compress_(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max,
                                bucket_size, layout, stochastic, key)
+
+
+@pytest.mark.parametrize("numel", [1, 17, 100, 1000])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_window_update_with_stochastic_param_rounding_is_bit_identical(target, dtype, numel, weight_decay):
+    """param_rounding="stochastic": a 16-bit parameter rounded stochastically after the decay and after the update,
+    each from its own stream, the same bits in the reference and every kernel; float32 is not rounded at all."""
+    require_kernels(target)
+    generator = torch.Generator().manual_seed(numel)
+    layout = ops.TopKLayout.of(numel, 16, 0.5)
+    indices, values = window_of(numel, layout, 3, generator)
+    ages = torch.arange(3, dtype=torch.float32)
+    weights1, weights2 = 0.9**ages, 0.999**ages
+    param = (1 + torch.randn(numel, generator=generator)).to(dtype)
+    common = (0.1 / (1 - 0.9**3), 0.001 / (1 - 0.999**3), 1e-8, 1e-3, weight_decay)
+    arguments = (*common, True, *ops.param_rounding_keys(5, 3))
+    expected = param.clone()
+    reference.window_adam_update_(expected, indices, values, weights1, weights2, layout, *arguments)
+    actual = param.clone().to(target.device)
+    window = on(target.device, (indices, values, weights1, weights2))
+    target.ops.window_adam_update_(actual, *window, layout.block_size, layout.k_block, *arguments)
+    assert torch.equal(actual.cpu(), expected)
+    nearest = param.clone()
+    reference.window_adam_update_(nearest, indices, values, weights1, weights2, layout, *common)
+    if dtype == torch.float32:
+        assert torch.equal(expected, nearest)
+    elif numel >= 100:  # updates of a tenth of an ulp: to nearest they mostly vanish, stochastically some land
+        assert not torch.equal(expected, nearest)
+
+
+def test_window_update_to_nearest_ignores_the_keys(target, dtype):
+    """With stochastic_param false the keys change nothing: the op computes what it computed before they existed."""
+    require_kernels(target)
+    generator = torch.Generator().manual_seed(0)
+    layout = ops.TopKLayout.of(100, 16, 0.5)
+    indices, values = window_of(100, layout, 3, generator)
+    weights = torch.ones(3)
+    param = torch.randn(100, generator=generator).to(dtype)
+    window = on(target.device, (indices, values, weights, weights))
+    results = []
+    for extra in ((), (False, 123, 456)):
+        actual = param.clone().to(target.device)
+        target.ops.window_adam_update_(actual, *window, 16, layout.k_block, 0.1, 0.01, 1e-8, 1e-2, 0.1, *extra)
+        results.append(actual.cpu())
+    assert torch.equal(*results)

@@ -2,7 +2,15 @@
 
 import torch
 
-from lit_microopt.ops.reference.random import hash32, hash32_tensor, stream_key, uniform
+from lit_microopt.ops.reference.random import (
+    hash32,
+    hash32_tensor,
+    param_rounding_keys,
+    stochastic_round,
+    stream_key,
+    uniform,
+    uniform_at,
+)
 
 
 def test_hash_of_ints_and_tensors_agree():
@@ -26,3 +34,31 @@ def test_stream_depends_on_seed_step_and_position_only():
     assert torch.equal(uniform(key, 10, 5, "cpu"), uniform(key, 0, 15, "cpu")[10:])
     assert not torch.equal(uniform(key, 0, 100, "cpu"), uniform(stream_key(7, 4), 0, 100, "cpu"))
     assert not torch.equal(uniform(key, 0, 100, "cpu"), uniform(stream_key(8, 3), 0, 100, "cpu"))
+
+
+def test_parameter_rounding_keys_are_streams_of_their_own():
+    """param_rounding="stochastic" rounds after the update and after the decay, each from its own stream, apart from
+    the stream of stream_key itself (MicroAdam's error feedback, Adam-mini's first moment)."""
+    for seed, step in ((0, 1), (7, 3), (2**40 + 5, 2**33 + 1)):
+        key = stream_key(seed, step)
+        update_key, decay_key = param_rounding_keys(seed, step)
+        assert len({key, update_key, decay_key}) == 3
+        assert all(0 <= k < 2**32 for k in (update_key, decay_key))
+        assert (update_key, decay_key) == param_rounding_keys(seed, step)
+    assert param_rounding_keys(7, 3) != param_rounding_keys(7, 4)
+
+
+def test_uniform_at_draws_the_numbers_of_its_indices():
+    key = stream_key(7, 3)
+    index = torch.tensor([5, 0, 99, 5, 2**32 + 3])
+    expected = torch.cat([uniform(key, 5, 1, "cpu"), uniform(key, 0, 1, "cpu"), uniform(key, 99, 1, "cpu"),
+                          uniform(key, 5, 1, "cpu"), uniform(key, 3, 1, "cpu")])
+    assert torch.equal(uniform_at(key, index), expected)
+
+
+def test_stochastic_round_at_given_indices_equals_the_whole_tensor_rounded():
+    values = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([3, 50, 97])
+    for dtype in (torch.bfloat16, torch.float16):
+        whole = stochastic_round(values, dtype, key=11)
+        assert torch.equal(stochastic_round(values[positions], dtype, 11, positions), whole[positions])

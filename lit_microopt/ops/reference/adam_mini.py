@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lit_microopt.ops.reference.random import stream_key, uniform
+from lit_microopt.ops.reference.random import param_rounding_keys, stochastic_round, stream_key
 
 
 def _matrix(tensor: torch.Tensor, n_rows: int, block_axis: int) -> torch.Tensor:
@@ -51,29 +51,6 @@ def _rows_from_blocks(
     return torch.cat(
         [block.repeat_interleave(height) for block, height in zip(per_block.split(counts), rows_per_block)]
     )
-
-
-def stochastic_round(values: torch.Tensor, dtype: torch.dtype, key: int) -> torch.Tensor:
-    """``values`` (float32) rounded to ``dtype`` up or down at random, unbiased: E[result] = values.
-
-    The random numbers come from the counter-based stream ``key`` (:mod:`.random`), one per element, so the
-    result depends only on (values, key): a resumed run draws exactly the same numbers.
-    """
-    u = uniform(key, 0, values.numel(), values.device).view_as(values)
-    if dtype == torch.bfloat16:
-        # bfloat16 is float32 without its low 16 bits: adding a uniform 16-bit integer to the bits and
-        # truncating rounds the magnitude up with probability (dropped bits) / 2**16.
-        noise = (u * 65536.0).to(torch.int32)
-        bits = (values.view(torch.int32) + noise).bitwise_and_(-65536)
-        return bits.view(torch.float32).to(torch.bfloat16)
-    # Any other narrower float: pick between the nearest value and its neighbour on the other side of
-    # ``values`` with the probability that makes the mean exact.
-    nearest = values.to(dtype)
-    error = values - nearest.float()
-    toward = torch.where(error > 0, float("inf"), float("-inf")).to(dtype)
-    neighbour = torch.nextafter(nearest, toward)
-    probability = error / (neighbour.float() - nearest.float())
-    return torch.where(u < probability, neighbour, nearest)
 
 
 def block_mean_squares(
@@ -144,21 +121,30 @@ def apply_moments_(
     lr: float,
     weight_decay: float,
     stochastic_key: int | None,
+    param_keys: tuple[int, int] | None = None,
 ) -> None:
     """Steps 1, 2, 4 and 5 for every element: the reference of the compiled op ``adam_mini_update_``.
 
     ``row_denominator`` holds ``sqrt(v_b / bc2) + eps`` for every row of the block matrix (see the module's
     docstring), ``step_size = lr / bc1``. ``stochastic_key`` selects the random stream that rounds ``m`` when
-    its dtype is narrower than the parameter's (``None`` otherwise).
+    its dtype is narrower than the parameter's (``None`` otherwise). ``param_keys`` (``param_rounding="stochastic"``,
+    :func:`lit_microopt.ops.reference.random.param_rounding_keys`) are the streams that round a 16-bit parameter
+    after the update and after the decay, in place of rounding to nearest (``None``: to nearest; a float32
+    parameter has nothing to round and ignores them).
     """
     n_rows = row_denominator.numel()
     # A non-contiguous parameter (channels_last) has no matrix view: work on a copy, write it back at the end.
     target = param if param.is_contiguous() else param.contiguous()
     grad = grad.contiguous()
+    if target.dtype == torch.float32:
+        param_keys = None
 
     # 1. Decoupled weight decay: p *= 1 - lr * weight_decay.
     if weight_decay != 0:
-        target.mul_(1 - lr * weight_decay)
+        if param_keys is None:
+            target.mul_(1 - lr * weight_decay)
+        else:
+            target.copy_(stochastic_round(target.float() * (1 - lr * weight_decay), target.dtype, param_keys[1]))
 
     # 2. m = beta1 * m + (1 - beta1) * g, in the parameter's dtype as AdamW does; in float32 when m has
     #    another dtype (written back at step 5, stochastically rounded when narrower than the parameter).
@@ -172,7 +158,14 @@ def apply_moments_(
 
     # 4. p -= lr * (m / bc1) / (sqrt(v_b / bc2) + eps): one denominator per block, spread over its rows.
     rows = row_denominator.view(-1, 1) if block_axis == 0 else row_denominator.view(1, -1)
-    _matrix(target, n_rows, block_axis).addcdiv_(_matrix(moment, n_rows, block_axis), rows, value=-step_size)
+    if param_keys is None:
+        _matrix(target, n_rows, block_axis).addcdiv_(_matrix(moment, n_rows, block_axis), rows, value=-step_size)
+    else:
+        # The kernels' p - step_size * (m / d) in float32, operation for operation (addcdiv_ may round its
+        # intermediate otherwise), then the stochastic rounding, which sees that float32 value.
+        updated = _matrix(moment.float(), n_rows, block_axis).div(rows).mul_(step_size)
+        updated = torch.sub(_matrix(target.float(), n_rows, block_axis), updated)
+        target.copy_(stochastic_round(updated.view_as(target), target.dtype, param_keys[0]))
 
     # 5. Write m back in its own dtype.
     if moment is not exp_avg:
@@ -202,6 +195,7 @@ def adam_mini_update_(
     rounding_seed: int = 0,
     block_mean_sq: torch.Tensor | None = None,
     apply: Callable[..., None] | None = None,
+    stochastic_param: bool = False,
 ) -> None:
     """One Adam-mini step of ``param`` in place (``docs/adam_mini.md``, "One step").
 
@@ -224,6 +218,10 @@ def adam_mini_update_(
         block_mean_sq: :func:`block_mean_squares` of ``grad`` when already computed, else ``None``. Ignored
             when every block has one element: those take AdamW's own arithmetic.
         apply: the element-wise pass, :func:`apply_moments_` (default) or a compiled kernel with its signature.
+        stochastic_param: ``param_rounding="stochastic"``: a bfloat16 or float16 ``param`` is rounded stochastically
+            after the decay and after the update, each with its own stream
+            (:func:`lit_microopt.ops.reference.random.param_rounding_keys` of ``rounding_seed`` and ``step``); a
+            float32 one is unchanged by it.
     """
     if param.numel() == 0:
         return
@@ -236,6 +234,8 @@ def adam_mini_update_(
         param, grad, exp_avg, row_denominators(denominators, segment_rows, rows_per_block),
         block_axis=block_axis, step_size=lr / (1 - beta1**step), beta1=beta1, lr=lr, weight_decay=weight_decay,
         stochastic_key=stream_key(rounding_seed, step) if narrower else None,
+        param_keys=param_rounding_keys(rounding_seed, step) if stochastic_param and param.dtype != torch.float32
+        else None,
     )
 
 

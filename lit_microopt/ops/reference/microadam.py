@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from lit_microopt.ops.reference.random import uniform
+from lit_microopt.ops.reference.random import stochastic_round, uniform
 
 #: Largest Top-K block: block-relative positions are stored as int16.
 MAX_BLOCK_SIZE = 32768
@@ -285,14 +285,29 @@ def window_adam_update_(
     eps: float,
     lr: float,
     weight_decay: float,
+    stochastic_param: bool = False,
+    param_key: int = 0,
+    decay_key: int = 0,
 ) -> None:
     """Steps 6 and 7: Adam's moments from the window's filled rows, decoupled weight decay, the update.
 
     ``window_indices``/``window_values`` hold only the filled rows; ``row_weights1[r] = beta1 ** age(r)`` and
     ``row_weights2[r] = beta2 ** age(r)`` in float32. Only positions with a window entry move (besides decay).
+
+    ``stochastic_param`` (``param_rounding="stochastic"``): a bfloat16 or float16 ``param`` is rounded
+    stochastically instead of to nearest, after the decay from the stream ``decay_key`` and after the update from
+    the stream ``param_key`` (:func:`lit_microopt.ops.reference.random.param_rounding_keys`), element ``i`` of the
+    tensor drawing number ``i``. A float32 ``param`` ignores it.
     """
-    if weight_decay > 0:
-        param.mul_(1 - lr * weight_decay)  # step 7, every element
+    stochastic = stochastic_param and param.dtype != torch.float32
+    if weight_decay > 0:  # step 7, every element
+        if not stochastic:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            for start, stop in slices(param.numel(), 1):
+                part = param[start:stop]
+                index = torch.arange(start, stop, device=param.device)
+                part.copy_(stochastic_round(part.float() * (1 - lr * weight_decay), param.dtype, decay_key, index))
     weights1 = row_weights1.view(-1, 1)
     weights2 = row_weights2.view(-1, 1)
     blocks = layout.num_full_blocks + (1 if layout.k_last else 0)
@@ -318,4 +333,8 @@ def window_adam_update_(
         update = torch.where(denominator > 0, c1 * sum1[flat_positions] / denominator, 0.0)
         # Step 7: p -= lr * u. Duplicated positions compute the same new value, so writing it twice is exact.
         target = param[offset : offset + length]
-        target[flat_positions] = (target[flat_positions].float() - lr * update).to(param.dtype)
+        updated = target[flat_positions].float() - lr * update
+        if stochastic:  # element offset + position draws its own number: duplicates round alike
+            target[flat_positions] = stochastic_round(updated, param.dtype, param_key, flat_positions + offset)
+        else:
+            target[flat_positions] = updated.to(param.dtype)

@@ -50,11 +50,64 @@ def stream_key(seed: int, step: int) -> int:
     return hash32(key ^ ((step >> 32) & _MASK_32))
 
 
-def uniform(key: int, start: int, count: int, device: torch.device | str) -> torch.Tensor:
-    """``count`` float32 numbers in [0, 1), for element indices ``start, start + 1, ...`` of the stream ``key``.
+#: Salts of the keys of the parameter roundings (``param_rounding="stochastic"``), see :func:`param_rounding_keys`.
+_PARAM_SALT = 0x9E3779B9
+_DECAY_SALT = 0x85EBCA6B
+
+
+def param_rounding_keys(seed: int, step: int) -> tuple[int, int]:
+    """The keys of the two stochastic roundings of a 16-bit parameter at one step (``param_rounding="stochastic"``):
+    ``(update key, decay key)``, the rounding after the update and the one after the decoupled weight decay.
+
+    Each is ``hash32(stream_key(seed, step) xor salt)`` with a salt of its own, so the two streams are apart from
+    each other and from the stream of ``stream_key(seed, step)`` itself, which MicroAdam's error feedback and
+    Adam-mini's first moment use. The same formula runs in every implementation: the kernels take the keys.
+    """
+    key = stream_key(seed, step)
+    return hash32(key ^ _PARAM_SALT), hash32(key ^ _DECAY_SALT)
+
+
+def uniform_at(key: int, index: torch.Tensor) -> torch.Tensor:
+    """Float32 numbers in [0, 1) of the stream ``key`` for the element indices ``index`` (an integer tensor).
 
     Element ``i`` gets ``(hash32(i mod 2**32 xor key) >> 8) / 2**24``: 24 random bits, exact in float32.
     """
-    index = torch.arange(start, start + count, dtype=torch.int64, device=device).to(torch.int32)
-    bits = (hash32_tensor(index ^ _signed(key)) >> 8) & 0xFFFFFF
+    bits = (hash32_tensor(index.to(torch.int32) ^ _signed(key)) >> 8) & 0xFFFFFF
     return bits.to(torch.float32) * (1.0 / (1 << 24))
+
+
+def uniform(key: int, start: int, count: int, device: torch.device | str) -> torch.Tensor:
+    """``count`` float32 numbers in [0, 1), for element indices ``start, start + 1, ...`` of the stream ``key``
+    (:func:`uniform_at` of those indices)."""
+    return uniform_at(key, torch.arange(start, start + count, dtype=torch.int64, device=device))
+
+
+def stochastic_round(
+    values: torch.Tensor, dtype: torch.dtype, key: int, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``values`` (float32) rounded to ``dtype`` up or down at random, unbiased: E[result] = values.
+
+    The random numbers come from the counter-based stream ``key``, one per element: element ``j`` of ``values``
+    draws the number of index ``index[j]`` (default: ``j``, the position in ``values``). The result depends only
+    on (values, key, index), so a resumed run draws exactly the same numbers; a value that ``dtype`` holds exactly
+    stays itself. The kernels' twins are ``round_stochastically`` (``csrc/common/cpu_rounding.h``) and
+    ``store_stochastically`` (``csrc/common/cuda_elements.cuh``).
+    """
+    if index is None:
+        u = uniform(key, 0, values.numel(), values.device).view_as(values)
+    else:
+        u = uniform_at(key, index).view_as(values)
+    if dtype == torch.bfloat16:
+        # bfloat16 is float32 without its low 16 bits: adding a uniform 16-bit integer to the bits and
+        # truncating rounds the magnitude up with probability (dropped bits) / 2**16.
+        noise = (u * 65536.0).to(torch.int32)
+        bits = (values.view(torch.int32) + noise).bitwise_and_(-65536)
+        return bits.view(torch.float32).to(torch.bfloat16)
+    # Any other narrower float: pick between the nearest value and its neighbour on the other side of
+    # ``values`` with the probability that makes the mean exact.
+    nearest = values.to(dtype)
+    error = values - nearest.float()
+    toward = torch.where(error > 0, float("inf"), float("-inf")).to(dtype)
+    neighbour = torch.nextafter(nearest, toward)
+    probability = error / (neighbour.float() - nearest.float())
+    return torch.where(u < probability, neighbour, nearest)
