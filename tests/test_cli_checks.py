@@ -137,6 +137,7 @@ def test_a_checkpoint_of_another_optimizer(capsys, run_folder):
     assert "holds the state of another optimizer than this run's AdamW (with settings block_size, density" in error
 
 
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")  # one step: no validation metric yet
 def test_a_new_run_over_another_runs_checkpoints_warns(run_folder):
     with pytest.warns(UserWarning, match="already holds checkpoints of another run .*last.ckpt"):
         fit("--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0")

@@ -363,7 +363,9 @@ def trained_state(**kwargs) -> dict:
     ("saved", "loading", "pattern"),
     [
         (dict(n_heads=4), dict(n_heads=2), r"saved exp_avg_sq of q_proj.weight is torch.float32 \(4,\).*\(2,\).*n_heads"),
-        (dict(n_heads=4), dict(n_heads=4, rules=[("q_proj.weight", "row")]), r"exp_avg_sq of q_proj.weight"),
+        pytest.param(dict(n_heads=4), dict(n_heads=4, rules=[("q_proj.weight", "row")]), r"exp_avg_sq of q_proj.weight",
+                     # the rule leaves no head blocks, which AdamMini rightly warns about
+                     marks=pytest.mark.filterwarnings("ignore:AdamMini. n_heads=4 was given")),
         (dict(n_heads=4), dict(n_heads=4, state_dtype=torch.bfloat16), r"state of q_proj.weight has entries"),
         (dict(n_heads=4, state_dtype=torch.float16), dict(n_heads=4), r"state of q_proj.weight has entries"),
         (dict(n_heads=4, state_dtype=torch.float32), dict(n_heads=4, state_dtype=torch.bfloat16),
