@@ -48,20 +48,23 @@ struct ChunkState {
         values_row(values_row_.narrow(0, chunk.first_column, chunk.columns)) {}
 };
 
-// Steps 2 to 5 in float32 through a backend's three steps, dequant_add(a, state), topk(a, state, k_last) and
-// quantize(a, state, first_element): on the gradient buffer itself when it is float32, else on float32 copies of
-// its chunks.
+// Steps 2 to 5 in float32 through a backend's three steps, called with the arguments of its ops:
+// dequant_add(a, error_feedback, bucket_min, bucket_max, bucket_size), topk(a, indices_row, values_row, block_size,
+// k_block, k_last) and quantize(a, indices_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size,
+// k_block, stochastic, key, first_element): on the gradient buffer itself when it is float32, else on float32
+// copies of its chunks.
 template <typename DequantAdd, typename TopK, typename Quantize>
 void compress_in_float32(const at::Tensor& accumulator, const at::Tensor& indices_row, const at::Tensor& values_row,
                          const at::Tensor& error_feedback, const at::Tensor& bucket_min, const at::Tensor& bucket_max,
-                         int64_t bucket_size, int64_t block_size, int64_t k_block, int64_t k_last,
-                         DequantAdd&& dequant_add, TopK&& topk, Quantize&& quantize) {
+                         int64_t bucket_size, int64_t block_size, int64_t k_block, int64_t k_last, bool stochastic,
+                         int64_t key, DequantAdd&& dequant_add, TopK&& topk, Quantize&& quantize) {
   auto compress = [&](const Chunk& chunk) {
     at::Tensor a = accumulator.narrow(0, chunk.start, chunk.length).to(at::kFloat);  // no copy when float32
-    ChunkState state(chunk, bucket_size, error_feedback, bucket_min, bucket_max, indices_row, values_row);
-    dequant_add(a, state);
-    topk(a, state, chunk.k_last);
-    quantize(a, state, chunk.start);
+    ChunkState s(chunk, bucket_size, error_feedback, bucket_min, bucket_max, indices_row, values_row);
+    dequant_add(a, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size);
+    topk(a, s.indices_row, s.values_row, block_size, k_block, chunk.k_last);
+    quantize(a, s.indices_row, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size, block_size, k_block,
+             stochastic, key, chunk.start);
   };
   if (accumulator.scalar_type() == at::kFloat) {
     compress(Chunk{0, accumulator.numel(), 0, indices_row.numel(), k_last});

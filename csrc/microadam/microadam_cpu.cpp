@@ -297,19 +297,9 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   const int64_t blocks = check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
   if (block_size % bucket_size != 0) {  // blocks and buckets straddle each other: one op after the other
-    compress_in_float32(
-        accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
-        k_last,
-        [&](at::Tensor& a, ChunkState& s) {
-          ef_dequant_add_cpu(a, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size);
-        },
-        [&](at::Tensor& a, ChunkState& s, int64_t last) {
-          block_topk_cpu(a, s.indices_row, s.values_row, block_size, k_block, last);
-        },
-        [&](at::Tensor& a, ChunkState& s, int64_t first) {
-          quantize_remainder(a, s.indices_row, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size, block_size,
-                             k_block, stochastic, key, first);
-        });
+    compress_in_float32(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                        block_size, k_block, k_last, stochastic, key, ef_dequant_add_cpu, block_topk_cpu,
+                        quantize_remainder);
     return;
   }
   const int64_t numel = accumulator.numel();

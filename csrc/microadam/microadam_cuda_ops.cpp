@@ -72,19 +72,9 @@ void ef_compress_cuda(at::Tensor accumulator, at::Tensor indices_row, at::Tensor
   check_kernel_device(accumulator, "accumulator", kCudaKernelDevice);
   check_bucket_state(accumulator, error_feedback, bucket_min, bucket_max, bucket_size);
   check_window_row(accumulator, indices_row, values_row, block_size, k_block, k_last);
-  compress_in_float32(
-      accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size, block_size, k_block,
-      k_last,
-      [&](at::Tensor& a, ChunkState& s) {
-        ef_dequant_add_cuda(a, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size);
-      },
-      [&](at::Tensor& a, ChunkState& s, int64_t last) {
-        block_topk_cuda(a, s.indices_row, s.values_row, block_size, k_block, last);
-      },
-      [&](at::Tensor& a, ChunkState& s, int64_t first) {
-        quantize_remainder(a, s.indices_row, s.error_feedback, s.bucket_min, s.bucket_max, bucket_size, block_size,
-                           k_block, stochastic, key, first);
-      });
+  compress_in_float32(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, bucket_size,
+                      block_size, k_block, k_last, stochastic, key, ef_dequant_add_cuda, block_topk_cuda,
+                      quantize_remainder);
 }
 
 void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,

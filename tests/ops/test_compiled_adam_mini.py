@@ -49,25 +49,29 @@ def test_element_wise_pass_matches_the_reference(target, dtype, block_axis, mome
                                atol=1e-3 if narrower else tolerance)
 
 
-def test_emulated_cuda_kernel_equals_the_cpu_kernel(dtype):
-    """The CUDA and the CPU kernel share their formulas (adam_mini_math.h): the same bits, many grid blocks."""
+def _assert_the_emulated_cuda_kernel_equals_the_cpu_kernel(dtype, seed, param_offset, *arguments):
+    """Both kernels on the same inputs (both block axes), ``arguments`` those after ``block_axis``: the same bits."""
     from tests.cuda_emulation import GuardedOps
 
     require_kernel("cpu")
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(seed)
     for block_axis, shape in ((0, (64, 48)), (1, (48, 64))):
-        param = torch.randn(shape, generator=generator).to(dtype)
+        param = (param_offset + torch.randn(shape, generator=generator)).to(dtype)
         grad = torch.randn(shape, generator=generator).to(dtype)
         exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(dtype)
         row_denominator = 0.5 + torch.rand(64, generator=generator)
         results = []
         for kernels in (torch.ops.lit_microopt, GuardedOps()):
             state = [param.clone(), exp_avg.clone()]
-            kernels.adam_mini_update_(state[0], grad, state[1], row_denominator, block_axis, 1e-2, 0.9, 1e-2, 0.1,
-                                      False, 0)
+            kernels.adam_mini_update_(state[0], grad, state[1], row_denominator, block_axis, *arguments)
             results.append(state)
         for cpu_result, emulated_result in zip(*results):
             assert torch.equal(emulated_result, cpu_result)
+
+
+def test_emulated_cuda_kernel_equals_the_cpu_kernel(dtype):
+    """The CUDA and the CPU kernel share their formulas (adam_mini_math.h): the same bits, many grid blocks."""
+    _assert_the_emulated_cuda_kernel_equals_the_cpu_kernel(dtype, 1, 0, 1e-2, 0.9, 1e-2, 0.1, False, 0)
 
 
 def _llama(device, dtype):
@@ -203,21 +207,6 @@ def test_stochastic_param_rounding_matches_the_reference_bit_for_bit(target, dty
 def test_emulated_cuda_kernel_equals_the_cpu_kernel_with_stochastic_param_rounding(dtype, weight_decay):
     """With m's update as the kernels compute it (beta1 = 0.9, not exact), the CPU and CUDA kernels still give the
     same bits: they share every formula, the stochastic rounding included."""
-    from tests.cuda_emulation import GuardedOps
-
-    require_kernel("cpu")
-    generator = torch.Generator().manual_seed(2)
     keys = ops.param_rounding_keys(9, 4)
-    for block_axis, shape in ((0, (64, 48)), (1, (48, 64))):
-        param = (1 + torch.randn(shape, generator=generator)).to(dtype)
-        grad = torch.randn(shape, generator=generator).to(dtype)
-        exp_avg = (0.1 * torch.randn(shape, generator=generator)).to(dtype)
-        row_denominator = 0.5 + torch.rand(64, generator=generator)
-        results = []
-        for kernels in (torch.ops.lit_microopt, GuardedOps()):
-            state = [param.clone(), exp_avg.clone()]
-            kernels.adam_mini_update_(state[0], grad, state[1], row_denominator, block_axis, 1e-3, 0.9, 1e-3,
-                                      weight_decay, False, 0, True, *keys)
-            results.append(state)
-        for cpu_result, emulated_result in zip(*results):
-            assert torch.equal(emulated_result, cpu_result)
+    _assert_the_emulated_cuda_kernel_equals_the_cpu_kernel(dtype, 2, 1, 1e-3, 0.9, 1e-3, weight_decay, False, 0, True,
+                                                            *keys)

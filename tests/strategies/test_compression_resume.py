@@ -62,16 +62,21 @@ def test_the_checkpoint_holds_each_ranks_error_feedback(runs):
     assert [rank["iteration"] for rank in final] == [16, 16]
 
 
-def test_a_resumed_two_process_run_takes_the_steps_of_an_uninterrupted_one(runs):
-    # The resumed process's DDP starts with one bucket of every parameter, in parameter order, and rebuilds its
-    # buckets after its first step; the hook compresses that first bucket unit by unit, as the saved buckets.
-    uninterrupted, resumed, _ = runs
+def _assert_the_same_steps(uninterrupted, resumed):
+    """Both runs recorded the same parameters after every step, on every rank."""
     for rank in (0, 1):
         expected = torch.load(uninterrupted / "record" / f"rank{rank}.pt")
         found = torch.load(resumed / "record" / f"rank{rank}.pt")
         assert expected.keys() == found.keys()
         for name in expected:
             assert torch.equal(expected[name], found[name]), (rank, name)
+
+
+def test_a_resumed_two_process_run_takes_the_steps_of_an_uninterrupted_one(runs):
+    # The resumed process's DDP starts with one bucket of every parameter, in parameter order, and rebuilds its
+    # buckets after its first step; the hook compresses that first bucket unit by unit, as the saved buckets.
+    uninterrupted, resumed, _ = runs
+    _assert_the_same_steps(uninterrupted, resumed)
 
 
 def test_with_buckets_ddp_keeps_a_resumed_run_takes_the_steps_of_an_uninterrupted_one(tmp_path):
@@ -83,9 +88,4 @@ def test_with_buckets_ddp_keeps_a_resumed_run_takes_the_steps_of_an_uninterrupte
     fit(uninterrupted, "--config", str(overlay), "--trainer.max_epochs", "2")
     fit(resumed, "--config", str(overlay), "--trainer.max_epochs", "1")
     fit(resumed, "--config", str(overlay), "--trainer.max_epochs", "2", "--ckpt_path", "checkpoints/last.ckpt")
-    for rank in (0, 1):
-        expected = torch.load(uninterrupted / "record" / f"rank{rank}.pt")
-        found = torch.load(resumed / "record" / f"rank{rank}.pt")
-        assert expected.keys() == found.keys()
-        for name in expected:
-            assert torch.equal(expected[name], found[name]), (rank, name)
+    _assert_the_same_steps(uninterrupted, resumed)
