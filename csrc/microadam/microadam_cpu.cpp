@@ -14,6 +14,7 @@
 #include "microadam_checks.h"
 #include "microadam_chunks.h"
 #include "microadam_math.h"
+#include "microadam_step.h"
 #include "../common/kernel_registration.h"
 
 namespace lit_microopt {
@@ -285,11 +286,82 @@ void ef_quantize_cpu(at::Tensor accumulator, const at::Tensor& indices_row, at::
                      stochastic, key, 0);
 }
 
-// Steps 2 to 5 in one pass per Top-K block, when blocks are made of whole buckets: the block is dequantized
-// into a float32 buffer (the accumulator is float32 whatever the gradient's dtype), its Top-K written to the
-// window, the kept entries removed and its buckets quantized, all while it sits in cache. The gradient buffer
-// is not written back: after the step its content is unspecified. Otherwise the three steps run one after the
-// other, on float32 chunks of a bfloat16 or float16 gradient.
+// Calls f(scalar_t{}) with the C++ type of a float dtype the ops take (float32, bfloat16, float16).
+template <typename F>
+void with_float_type(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(float{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    case at::kHalf: return f(c10::Half{});
+    default: TORCH_CHECK(false, "lit_microopt: float32, bfloat16 or float16 expected, got ", dtype);
+  }
+}
+
+// Steps 2 to 5 of one tensor, block by block: its gradient and the state these steps change.
+struct CompressTarget {
+  const void* gradient;
+  at::ScalarType dtype;
+  int64_t numel, full_blocks, k_last;
+  int16_t* indices;  // the window row this step writes
+  uint16_t* kept;
+  uint8_t* codes;
+  uint16_t *lows, *highs;
+  uint32_t key;
+
+  CompressTarget(const at::Tensor& accumulator, at::Tensor& indices_row, at::Tensor& values_row,
+                 at::Tensor& error_feedback, at::Tensor& bucket_min, at::Tensor& bucket_max, int64_t block_size,
+                 int64_t k_block, uint32_t key_)
+      : gradient(accumulator.data_ptr()), dtype(accumulator.scalar_type()), numel(accumulator.numel()),
+        full_blocks(numel / block_size), k_last(indices_row.numel() - full_blocks * k_block),
+        indices(indices_row.data_ptr<int16_t>()), kept(bf16_data_mut(values_row)),
+        codes(error_feedback.data_ptr<uint8_t>()), lows(bf16_data_mut(bucket_min)), highs(bf16_data_mut(bucket_max)),
+        key(key_) {}
+
+  int64_t blocks(int64_t block_size) const { return (numel + block_size - 1) / block_size; }
+};
+
+// A thread's buffers for whole blocks: the float32 accumulator, the Top-K selection's, the codes'.
+struct BlockBuffers {
+  BlockBuffers(int64_t block_size, int64_t bucket_size) : select(block_size), a(block_size), scratch(bucket_size + 1) {}
+  SelectBuffers select;
+  std::vector<float> a;
+  std::vector<uint8_t> scratch;
+};
+
+// Steps 2 to 5 of one Top-K block made of whole buckets, in one pass: the block is dequantized into a float32
+// buffer (the accumulator is float32 whatever the gradient's dtype), its Top-K written to the window, the kept
+// entries removed and its buckets quantized, all while it sits in cache. The gradient is not written back.
+template <typename scalar_t>
+void compress_block(const CompressTarget& t, int64_t block, int64_t block_size, int64_t k_block, int64_t bucket_size,
+                    bool stochastic, BlockBuffers& buffers) {
+  const scalar_t* gradient = static_cast<const scalar_t*>(t.gradient);
+  float* a = buffers.a.data();
+  const int64_t start = block * block_size, length = std::min(block_size, t.numel - start);
+  // Step 2, bucket by bucket (the block starts on a bucket boundary).
+  for (int64_t offset = 0; offset < length; offset += bucket_size) {
+    const int64_t first = start + offset, bucket = first / bucket_size;
+    add_dequantized_bucket(gradient + first, t.codes + (first >> 1), t.lows[bucket], t.highs[bucket],
+                           std::min(bucket_size, length - offset), buffers.scratch.data(), a + offset);
+  }
+  // Step 3.
+  int16_t* block_indices = t.indices + block * k_block;
+  const int64_t k = block < t.full_blocks ? k_block : t.k_last;
+  select_block(a, length, k, block_indices, t.kept + block * k_block, buffers.select);
+  // Step 4.
+  for (int64_t column = 0; column < k; ++column) {
+    float& value = a[block_indices[column]];
+    value = kept_remainder(value);
+  }
+  // Step 5.
+  for (int64_t offset = 0; offset < length; offset += bucket_size) {
+    const int64_t bucket = (start + offset) / bucket_size;
+    quantize_bucket(a + offset, std::min(bucket_size, length - offset), start + offset, stochastic, t.key,
+                    t.lows + bucket, t.highs + bucket, t.codes + ((start + offset) >> 1), buffers.scratch.data());
+  }
+}
+
+// Steps 2 to 5 in one pass per Top-K block when blocks are made of whole buckets (compress_block). Otherwise the
+// three steps run one after the other, on float32 chunks of a bfloat16 or float16 gradient.
 void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor values_row, at::Tensor error_feedback,
                      at::Tensor bucket_min, at::Tensor bucket_max, int64_t bucket_size, int64_t block_size,
                      int64_t k_block, int64_t k_last, bool stochastic, int64_t key) {
@@ -302,44 +374,14 @@ void ef_compress_cpu(at::Tensor accumulator, at::Tensor indices_row, at::Tensor 
                         quantize_remainder);
     return;
   }
-  const int64_t numel = accumulator.numel();
-  const int64_t full_blocks = numel / block_size;
-  int16_t* indices = indices_row.data_ptr<int16_t>();
-  uint16_t* kept = bf16_data_mut(values_row);
-  const uint8_t* codes_in = error_feedback.data_ptr<uint8_t>();
-  uint8_t* codes = error_feedback.data_ptr<uint8_t>();
-  uint16_t* lows = bf16_data_mut(bucket_min);
-  uint16_t* highs = bf16_data_mut(bucket_max);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, accumulator.scalar_type(), "ef_compress_", [&] {
-    const scalar_t* gradient = accumulator.data_ptr<scalar_t>();
+  const CompressTarget target(accumulator, indices_row, values_row, error_feedback, bucket_min, bucket_max, block_size,
+                              k_block, static_cast<uint32_t>(key));
+  with_float_type(target.dtype, [&](auto type) {
+    using scalar_t = decltype(type);
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      SelectBuffers buffers(block_size);
-      std::vector<float> a(block_size);
-      std::vector<uint8_t> scratch(bucket_size + 1);
+      BlockBuffers buffers(block_size, bucket_size);
       for (int64_t block = begin; block < end; ++block) {
-        const int64_t start = block * block_size, length = std::min(block_size, numel - start);
-        // Step 2, bucket by bucket (the block starts on a bucket boundary).
-        for (int64_t offset = 0; offset < length; offset += bucket_size) {
-          const int64_t first = start + offset, bucket = first / bucket_size;
-          add_dequantized_bucket(gradient + first, codes_in + (first >> 1), lows[bucket], highs[bucket],
-                                 std::min(bucket_size, length - offset), scratch.data(), a.data() + offset);
-        }
-        // Step 3.
-        int16_t* block_indices = indices + block * k_block;
-        const int64_t k = block < full_blocks ? k_block : k_last;
-        select_block(a.data(), length, k, block_indices, kept + block * k_block, buffers);
-        // Step 4.
-        for (int64_t column = 0; column < k; ++column) {
-          float& value = a[block_indices[column]];
-          value = kept_remainder(value);
-        }
-        // Step 5.
-        for (int64_t offset = 0; offset < length; offset += bucket_size) {
-          const int64_t bucket = (start + offset) / bucket_size;
-          quantize_bucket(a.data() + offset, std::min(bucket_size, length - offset), start + offset, stochastic,
-                          static_cast<uint32_t>(key), lows + bucket, highs + bucket, codes + ((start + offset) >> 1),
-                          scratch.data());
-        }
+        compress_block<scalar_t>(target, block, block_size, k_block, bucket_size, stochastic, buffers);
       }
     });
   });
@@ -398,7 +440,62 @@ struct WindowSums {
   std::vector<uint64_t> held;
 };
 
-// Steps 6 and 7: per block, the window's moments (WindowSums), then one update per position it holds.
+// Steps 6 and 7 of one tensor, block by block: the parameter, its window's filled rows and the step's numbers.
+struct UpdateTarget {
+  void* values;
+  at::ScalarType dtype;
+  int64_t numel, rows, columns;
+  const int16_t* indices;  // (rows, columns), row-major
+  const uint16_t* window;
+  const float *weights1, *weights2;
+  float c1, c2;
+  uint32_t update_stream, decay_stream;
+
+  int64_t blocks(int64_t k_block) const { return (columns + k_block - 1) / k_block; }
+};
+
+// The settings every tensor of a call shares.
+struct UpdateSettings {
+  int64_t block_size, k_block;
+  float eps, lr;
+  bool decays;           // weight_decay > 0
+  float decay;           // 1 - lr * weight_decay
+  bool stochastic_param;  // param_rounding="stochastic"
+};
+
+// Steps 6 and 7 of one Top-K block: the decay of its elements, the window's moments (WindowSums), then one update
+// per position the window holds. Blocks are independent: a block's positions only take its own window columns.
+template <typename scalar_t>
+void update_block(const UpdateTarget& t, int64_t block, const UpdateSettings& s, WindowSums& sums) {
+  // param_rounding="stochastic" rounds a 16-bit p stochastically, after the decay and after the update, each with
+  // its own stream indexed by the element's position in the tensor; float32 has nothing to round.
+  const bool stochastic = s.stochastic_param && !std::is_same_v<scalar_t, float>;
+  const int64_t offset = block * s.block_size, length = std::min(s.block_size, t.numel - offset);
+  scalar_t* target = static_cast<scalar_t*>(t.values) + offset;
+  if (s.decays) {
+    if (stochastic) {
+      scale_stochastically(target, offset, length, s.decay, t.decay_stream);
+    } else {
+      scale(target, length, s.decay);
+    }
+  }
+  const int64_t first = block * s.k_block, last = std::min(t.columns, first + s.k_block);
+  sums.accumulate(t.indices, t.window, t.weights1, t.weights2, t.rows, t.columns, first, last);
+  sums.drain([&](int64_t j, float sum1, float sum2) {
+    const float update = window_update(sum1, sum2, t.c1, t.c2, s.eps);
+    const float next = apply_update(static_cast<float>(target[j]), s.lr, update);
+    target[j] = stochastic ? round_stochastically<scalar_t>(next, uniform(t.update_stream, offset + j))
+                           : static_cast<scalar_t>(next);
+  });
+}
+
+UpdateSettings update_settings(int64_t block_size, int64_t k_block, double eps, double lr, double weight_decay,
+                               bool stochastic_param) {
+  return UpdateSettings{block_size, k_block, static_cast<float>(eps), static_cast<float>(lr), weight_decay > 0,
+                        static_cast<float>(1.0 - lr * weight_decay), stochastic_param};
+}
+
+// Steps 6 and 7, block by block (update_block).
 void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                             const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
                             int64_t k_block, double c1, double c2, double eps, double lr, double weight_decay,
@@ -406,46 +503,80 @@ void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, 
   check_kernel_device(param, "param", at::kCPU);
   const int64_t rows = check_window(param, window_indices, window_values, row_weights1, row_weights2, block_size,
                                     k_block);
-  const int64_t columns = window_indices.size(1);
-  const int64_t numel = param.numel();
-  const int64_t blocks = (columns + k_block - 1) / k_block;
-  const int16_t* indices = window_indices.data_ptr<int16_t>();
-  const uint16_t* window = bf16_data(window_values);
-  const float* weights1 = row_weights1.data_ptr<float>();
-  const float* weights2 = row_weights2.data_ptr<float>();
-  const float c1f = static_cast<float>(c1), c2f = static_cast<float>(c2), epsf = static_cast<float>(eps);
-  const float lrf = static_cast<float>(lr);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "window_adam_update_", [&] {
-    scalar_t* values = param.data_ptr<scalar_t>();
-    // param_rounding="stochastic" rounds a 16-bit p stochastically, after the decay and after the update, each with
-    // its own stream indexed by the element's position in the tensor; float32 has nothing to round.
-    const bool stochastic = stochastic_param && !std::is_same_v<scalar_t, float>;
-    const uint32_t update_stream = static_cast<uint32_t>(param_key), decay_stream = static_cast<uint32_t>(decay_key);
-    if (weight_decay > 0) {
-      const float factor = static_cast<float>(1.0 - lr * weight_decay);
-      at::parallel_for(0, numel, 65536, [&](int64_t begin, int64_t end) {
-        if (stochastic) {
-          scale_stochastically(values + begin, begin, end - begin, factor, decay_stream);
-        } else {
-          scale(values + begin, end - begin, factor);
-        }
+  const UpdateTarget target{param.data_ptr(), param.scalar_type(), param.numel(), rows, window_indices.size(1),
+                            window_indices.data_ptr<int16_t>(), bf16_data(window_values),
+                            row_weights1.data_ptr<float>(), row_weights2.data_ptr<float>(), static_cast<float>(c1),
+                            static_cast<float>(c2), static_cast<uint32_t>(param_key), static_cast<uint32_t>(decay_key)};
+  const UpdateSettings settings = update_settings(block_size, k_block, eps, lr, weight_decay, stochastic_param);
+  with_float_type(target.dtype, [&](auto type) {
+    using scalar_t = decltype(type);
+    at::parallel_for(0, target.blocks(k_block), 1, [&](int64_t begin, int64_t end) {
+      WindowSums sums(block_size);
+      for (int64_t block = begin; block < end; ++block) update_block<scalar_t>(target, block, settings, sums);
+    });
+  });
+}
+
+// One MicroAdam step (steps 1 to 7) of every tensor of a list. Where blocks are made of whole buckets, every
+// (tensor, Top-K block) pair is one task of a single parallel loop, which takes the block through steps 2 to 7
+// while it sits in cache: small tensors share the threads instead of each waking them. Otherwise each tensor takes
+// the steps op after op.
+void microadam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList window_indices,
+                        at::TensorList window_values, at::TensorList error_feedback, at::TensorList bucket_min,
+                        at::TensorList bucket_max, at::TensorList steps, at::TensorList seeds, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t m, int64_t block_size, int64_t k_block,
+                        int64_t bucket_size, bool stochastic, bool stochastic_param) {
+  const std::vector<at::Tensor> p = params.vec(), g = grads.vec(), wi = window_indices.vec(), wv = window_values.vec(),
+                                e = error_feedback.vec(), lo = bucket_min.vec(), hi = bucket_max.vec(),
+                                st = steps.vec(), se = seeds.vec();
+  const StepTensors tensors{p, g, wi, wv, e, lo, hi, st, se};
+  const std::vector<int64_t> blocks = check_step_tensors(tensors, at::kCPU, m, block_size, k_block, bucket_size);
+  RowWeights row_weights(m, beta1, beta2);
+  const std::vector<TensorSchedule> schedules = advance_steps(tensors, m, beta1, beta2, row_weights);
+  const UpdateSettings settings = update_settings(block_size, k_block, eps, lr, weight_decay, stochastic_param);
+  std::vector<CompressTarget> compress;
+  std::vector<UpdateTarget> update;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const TensorSchedule& s = schedules[i];
+    at::Tensor indices_row = wi[i].select(0, s.row), values_row = wv[i].select(0, s.row);
+    at::Tensor codes = e[i], lows = lo[i], highs = hi[i];
+    compress.emplace_back(g[i], indices_row, values_row, codes, lows, highs, block_size, k_block, s.key);
+    update.push_back(UpdateTarget{p[i].data_ptr(), p[i].scalar_type(), p[i].numel(), s.filled, wi[i].size(1),
+                                  wi[i].data_ptr<int16_t>(), bf16_data(wv[i]), s.weights1, s.weights2, s.c1, s.c2,
+                                  s.update_key, s.decay_key});
+  }
+  if (block_size % bucket_size != 0) {  // blocks and buckets straddle each other: op after op, tensor by tensor
+    for (size_t i = 0; i < p.size(); ++i) {
+      const TensorSchedule& s = schedules[i];
+      compress_in_float32(g[i].view(-1), wi[i].select(0, s.row), wv[i].select(0, s.row), e[i], lo[i], hi[i], bucket_size,
+                          block_size, k_block, compress[i].k_last, stochastic, s.key, ef_dequant_add_cpu,
+                          block_topk_cpu, quantize_remainder);
+      with_float_type(update[i].dtype, [&](auto type) {
+        using scalar_t = decltype(type);
+        at::parallel_for(0, blocks[i], 1, [&](int64_t begin, int64_t end) {
+          WindowSums sums(block_size);
+          for (int64_t block = begin; block < end; ++block) update_block<scalar_t>(update[i], block, settings, sums);
+        });
       });
     }
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      WindowSums sums(block_size);
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t first = block * k_block, last = std::min(columns, first + k_block);
-        sums.accumulate(indices, window, weights1, weights2, rows, columns, first, last);
-        const int64_t offset = block * block_size;
-        scalar_t* target = values + offset;
-        sums.drain([&](int64_t j, float sum1, float sum2) {
-          const float update = window_update(sum1, sum2, c1f, c2f, epsf);
-          const float next = apply_update(static_cast<float>(target[j]), lrf, update);
-          target[j] = stochastic ? round_stochastically<scalar_t>(next, uniform(update_stream, offset + j))
-                                 : static_cast<scalar_t>(next);
-        });
-      }
-    });
+    return;
+  }
+  std::vector<int64_t> first_task(p.size() + 1, 0);  // tensor i's blocks are tasks [first_task[i], first_task[i + 1])
+  for (size_t i = 0; i < p.size(); ++i) first_task[i + 1] = first_task[i] + blocks[i];
+  at::parallel_for(0, first_task.back(), 1, [&](int64_t begin, int64_t end) {
+    BlockBuffers buffers(block_size, bucket_size);
+    WindowSums sums(block_size);
+    size_t i = std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
+    for (int64_t task = begin; task < end; ++task) {
+      while (task >= first_task[i + 1]) ++i;  // skips tensors without blocks too
+      const int64_t block = task - first_task[i];
+      with_float_type(compress[i].dtype, [&](auto type) {
+        compress_block<decltype(type)>(compress[i], block, block_size, k_block, bucket_size, stochastic, buffers);
+      });
+      with_float_type(update[i].dtype, [&](auto type) {
+        update_block<decltype(type)>(update[i], block, settings, sums);
+      });
+    }
   });
 }
 
@@ -457,6 +588,7 @@ LMO_REGISTER_KERNELS(CPU, m) {
   m.impl("ef_quantize_", &ef_quantize_cpu);
   m.impl("window_adam_update_", &window_adam_update_cpu);
   m.impl("ef_compress_", &ef_compress_cpu);
+  m.impl("microadam_step_", &microadam_step_cpu);
 }
 
 }  // namespace microadam

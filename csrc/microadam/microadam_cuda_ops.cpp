@@ -1,5 +1,6 @@
 // The PyTorch side of MicroAdam's CUDA ops: argument checks, the tensor's own device and current stream,
 // then the launchers of microadam_cuda.cu. Registered for the CUDA dispatch key of the ops in ops.cpp.
+#include <ATen/ops/from_blob.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -8,6 +9,7 @@
 #include "microadam_checks.h"
 #include "microadam_chunks.h"
 #include "microadam_cuda.h"
+#include "microadam_step.h"
 #include "../common/kernel_registration.h"
 
 namespace lit_microopt {
@@ -95,6 +97,42 @@ void window_adam_update_cuda(at::Tensor param, const at::Tensor& window_indices,
                "window_adam_update_");
 }
 
+// One MicroAdam step (steps 1 to 7) of every tensor of a list: the schedules on the host, then each tensor's
+// kernels in turn on the current stream (the row weights copied to the device once per distinct step count).
+void microadam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList window_indices,
+                         at::TensorList window_values, at::TensorList error_feedback, at::TensorList bucket_min,
+                         at::TensorList bucket_max, at::TensorList steps, at::TensorList seeds, double lr,
+                         double beta1, double beta2, double eps, double weight_decay, int64_t m, int64_t block_size,
+                         int64_t k_block, int64_t bucket_size, bool stochastic, bool stochastic_param) {
+  const std::vector<at::Tensor> p = params.vec(), g = grads.vec(), wi = window_indices.vec(), wv = window_values.vec(),
+                                e = error_feedback.vec(), lo = bucket_min.vec(), hi = bucket_max.vec(),
+                                st = steps.vec(), se = seeds.vec();
+  const StepTensors tensors{p, g, wi, wv, e, lo, hi, st, se};
+  check_step_tensors(tensors, kCudaKernelDevice, m, block_size, k_block, bucket_size);
+  RowWeights row_weights(m, beta1, beta2);
+  const std::vector<TensorSchedule> schedules = advance_steps(tensors, m, beta1, beta2, row_weights);
+  std::map<const float*, at::Tensor> device_weights;  // by host weights (every tensor is on one device)
+  auto on_device = [&](const float* weights, int64_t rows) -> const at::Tensor& {
+    auto found = device_weights.find(weights);
+    if (found != device_weights.end()) return found->second;
+    at::Tensor host = at::from_blob(const_cast<float*>(weights), {rows}, at::TensorOptions().dtype(at::kFloat));
+    return device_weights.emplace(weights, host.to(p.front().device())).first->second;
+  };
+  for (size_t i = 0; i < p.size(); ++i) {
+    const TensorSchedule& s = schedules[i];
+    const int64_t full_blocks = p[i].numel() / block_size;
+    const int64_t k_last = wi[i].size(1) - full_blocks * k_block;
+    at::Tensor indices_row = wi[i].select(0, s.row), values_row = wv[i].select(0, s.row);
+    compress_in_float32(g[i].view(-1), indices_row, values_row, e[i], lo[i], hi[i], bucket_size, block_size, k_block, k_last,
+                        stochastic, s.key, ef_dequant_add_cuda, block_topk_cuda, quantize_remainder);
+    const at::Tensor& weights1 = on_device(s.weights1, s.filled);
+    const at::Tensor& weights2 = on_device(s.weights2, s.filled);
+    window_adam_update_cuda(p[i].view(-1), wi[i].narrow(0, 0, s.filled), wv[i].narrow(0, 0, s.filled), weights1, weights2,
+                            block_size, k_block, s.c1, s.c2, eps, lr, weight_decay, stochastic_param, s.update_key,
+                            s.decay_key);
+  }
+}
+
 }  // namespace
 
 LMO_REGISTER_KERNELS(CUDA, m) {
@@ -103,6 +141,7 @@ LMO_REGISTER_KERNELS(CUDA, m) {
   m.impl("ef_quantize_", &ef_quantize_cuda);
   m.impl("window_adam_update_", &window_adam_update_cuda);
   m.impl("ef_compress_", &ef_compress_cuda);
+  m.impl("microadam_step_", &microadam_step_cuda);
 }
 
 }  // namespace microadam

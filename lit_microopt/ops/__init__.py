@@ -12,7 +12,7 @@ from lit_microopt.ops import dispatch
 from lit_microopt.ops.dispatch import compiled_available, kernels_report
 from lit_microopt.ops.reference import adam_mini as _adam_mini_reference
 from lit_microopt.ops.reference.adam_mini import block_mean_squares
-from lit_microopt.ops.reference.microadam import TopKLayout, dequantize, slices, window_positions
+from lit_microopt.ops.reference.microadam import TopKLayout, dequantize, row_weights, slices, window_positions
 from lit_microopt.ops.reference.random import param_rounding_keys, stream_key
 
 
@@ -52,6 +52,17 @@ def window_adam_update_(param, window_indices, window_values, row_weights1, row_
                  decay_key)
 
 
+def microadam_step_(params, grads, window_indices, window_values, error_feedback, bucket_min, bucket_max, steps, seeds,
+                    *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, m: int, block_size: int,
+                    k_block: int, bucket_size: int, stochastic: bool, stochastic_param: bool) -> None:
+    """Steps 1 to 7 of every tensor of the lists in one call (arguments of
+    :func:`lit_microopt.ops.reference.microadam.microadam_step_`): what :func:`ef_compress_` and
+    :func:`window_adam_update_` do tensor by tensor, from each tensor's step count and seed, which it advances."""
+    dispatch.run("microadam_step_", params, grads, window_indices, window_values, error_feedback, bucket_min,
+                 bucket_max, steps, seeds, lr, beta1, beta2, eps, weight_decay, m, block_size, k_block, bucket_size,
+                 stochastic, stochastic_param)
+
+
 def _apply_moments_(param, grad, exp_avg, row_denominator, *, block_axis: int, step_size: float, beta1: float,
                     lr: float, weight_decay: float, stochastic_key: int | None,
                     param_keys: tuple[int, int] | None = None) -> None:
@@ -85,7 +96,9 @@ __all__ = [
     "ef_dequant_add_",
     "ef_quantize_",
     "kernels_report",
+    "microadam_step_",
     "param_rounding_keys",
+    "row_weights",
     "slices",
     "stream_key",
     "window_adam_update_",

@@ -55,7 +55,8 @@ def _define(optimizer: str, schema: str) -> Callable[[Callable[..., None]], Call
             # warns once, or refuses when compiled kernels are required. (Imported here: it imports this module.)
             from lit_microopt.ops.dispatch import reference_fallback
 
-            reference_fallback(arguments[0].device.type)
+            first = arguments[0][0] if isinstance(arguments[0], (list, tuple)) else arguments[0]  # a list op's
+            reference_fallback(first.device.type)
             reference(*arguments)
 
         _library.define(schema)
@@ -120,6 +121,23 @@ def window_adam_update_(param, window_indices, window_values, row_weights1, row_
     microadam_reference.window_adam_update_(param, window_indices, window_values, row_weights1, row_weights2,
                                             layout, c1, c2, eps, lr, weight_decay, stochastic_param, param_key,
                                             decay_key)
+
+
+# Steps 1 to 7 of every tensor of a param group in one call: what the optimizer would do tensor by tensor with the
+# two ops above, from each tensor's step count and seed (advanced here) to its parameter.
+@_define("MicroAdam", "microadam_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] window_indices, "
+                      "Tensor(d!)[] window_values, Tensor(e!)[] error_feedback, Tensor(f!)[] bucket_min, "
+                      "Tensor(g!)[] bucket_max, Tensor(h!)[] steps, Tensor[] seeds, float lr, float beta1, float beta2, "
+                      "float eps, float weight_decay, int m, int block_size, int k_block, int bucket_size, "
+                      "bool stochastic, bool stochastic_param) -> ()")
+def microadam_step_(params, grads, window_indices, window_values, error_feedback, bucket_min, bucket_max, steps, seeds,
+                    lr, beta1, beta2, eps, weight_decay, m, block_size, k_block, bucket_size, stochastic,
+                    stochastic_param):
+    microadam_reference.microadam_step_(
+        params, grads, window_indices, window_values, error_feedback, bucket_min, bucket_max, steps, seeds, lr=lr,
+        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, m=m, block_size=block_size, k_block=k_block,
+        bucket_size=bucket_size, stochastic=stochastic, stochastic_param=stochastic_param,
+    )
 
 
 @_define("AdamMini", "adam_mini_update_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor row_denominator, "

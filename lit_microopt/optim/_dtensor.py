@@ -110,8 +110,9 @@ def zeros_like_sharded(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class FlatShard:
-    """A parameter's values and gradient as MicroAdam steps them: the tensors themselves when whole, else the local
-    shard's, flattened and zero-padded to :func:`padded_local_numel` elements (call :meth:`write_back` after).
+    """A parameter's values and gradient as MicroAdam steps them: contiguous tensors, the tensors themselves where they
+    are (a whole, contiguous parameter), else copies: a DTensor's local shard flattened and zero-padded to
+    :func:`padded_local_numel` elements, a non-contiguous tensor's values in order. Call :meth:`write_back` after.
 
     Args:
         param: the parameter, whole or a DTensor.
@@ -128,11 +129,15 @@ class FlatShard:
             grad = self.grad.new_zeros(self.param.numel())
             grad[:numel] = self.grad.reshape(-1)
             self.grad = grad
+        else:
+            self.param, self.grad = self.param.contiguous(), self.grad.contiguous()  # no copy when contiguous
 
     def write_back(self) -> None:
         """Copy the stepped values into the local shard (nothing to do when it was stepped in place)."""
         if self.padded:
             self._local.copy_(self.param[: self._local.numel()].view_as(self._local))
+        elif self.param is not self._local:
+            self._local.copy_(self.param)
 
 
 # -- Adam-mini: blocks of a shard -------------------------------------------------------------------------------

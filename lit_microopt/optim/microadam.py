@@ -90,9 +90,10 @@ def _check_microadam_hyperparameters(group: dict[str, Any], where: str = "") -> 
     check_compression_settings("MicroAdam", group, where)
 
 
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of ``tensor``, or a contiguous copy when it has no such view."""
-    return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1).clone()
+#: The op ``microadam_step_``'s tensor lists, in its schema's order, and those that come from a parameter's state.
+_STEP_LISTS = ("params", "grads", "window_indices", "window_values", "error_feedback", "bucket_min", "bucket_max",
+               "step", "rounding_seed")
+_STATE_LISTS = _STEP_LISTS[2:]
 
 
 class MicroAdam(ExactStateOptimizer):
@@ -288,21 +289,52 @@ class MicroAdam(ExactStateOptimizer):
 
         collect = self._telemetry_requested
         self._telemetry_requested = False
-        pending = []  # (group index, name, statistics as a tensor, counts) of every parameter, when collecting
-        row_weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # shared by parameters at the same step
-        for group_index, name, param, position in work:
-            group = self.param_groups[group_index]
+        shards = []
+        for group_index, _, param, position in work:
             state = self.state[param]
             if not state:
-                state.update(self._new_state(param, group, seed=position))
+                state.update(self._new_state(param, self.param_groups[group_index], seed=position))
             # A DTensor steps its local shard, flat and padded to the size its state was made for.
-            shard = FlatShard(param)
-            statistics = self._step_parameter(shard.param, group, local_state(state), collect, row_weights, shard.grad)
-            shard.write_back()
-            if collect:
-                pending.append((group_index, name, *statistics))
+            shards.append(FlatShard(param))
         if collect:
-            self.telemetry = self._gather_telemetry(pending, len(self.param_groups))
+            self.telemetry = self._step_with_statistics(work, shards)
+        else:
+            self._step_groups(work, shards)
+        for shard in shards:
+            shard.write_back()
+
+    def _step_groups(self, work: list, shards: list[FlatShard]) -> None:
+        """Steps 1 to 7 of every parameter, one op call for each param group's tensors of one device and dtypes."""
+        calls: dict[tuple, dict[str, list[torch.Tensor]]] = {}
+        for (group_index, _, param, _), shard in zip(work, shards):
+            key = (group_index, shard.param.device, shard.param.dtype, shard.grad.dtype)
+            lists = calls.get(key)
+            if lists is None:
+                lists = calls[key] = {name: [] for name in _STEP_LISTS}
+            state = local_state(self.state[param])
+            lists["params"].append(shard.param)
+            lists["grads"].append(shard.grad)
+            for name in _STATE_LISTS:
+                lists[name].append(state[name])
+        for (group_index, *_), lists in calls.items():
+            group = self.param_groups[group_index]
+            beta1, beta2 = (float(beta) for beta in group["betas"])
+            ops.microadam_step_(
+                *lists.values(), lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]), m=group["m"], block_size=group["block_size"],
+                k_block=self.layout(group["block_size"], group).k_block, bucket_size=group["quant_bucket_size"],
+                stochastic=group["ef_rounding"] == "stochastic",
+                stochastic_param=group["param_rounding"] == "stochastic",
+            )
+
+    def _step_with_statistics(self, work: list, shards: list[FlatShard]) -> MicroAdamTelemetry:
+        """Steps 1 to 7 tensor by tensor, op after op, with the statistics of each step (a telemetry step)."""
+        pending = []  # (group index, name, statistics as a tensor, counts) of every parameter
+        for (group_index, name, param, _), shard in zip(work, shards):
+            group = self.param_groups[group_index]
+            statistics = self._step_parameter(shard.param, group, local_state(self.state[param]), shard.grad)
+            pending.append((group_index, name, *statistics))
+        return self._gather_telemetry(pending, len(self.param_groups))
 
     def _check_accumulator_range(self, work: list, gradient_magnitudes: dict[str, float]) -> None:
         """Raise ``FloatingPointError``, before anything changes, where this step's accumulator could overflow
@@ -338,11 +370,11 @@ class MicroAdam(ExactStateOptimizer):
             )
 
     def _step_parameter(
-        self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], collect: bool,
-        row_weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor,
-    ) -> tuple[torch.Tensor, tuple[int, int, int]] | None:
+        self, param: torch.Tensor, group: dict[str, Any], state: dict[str, torch.Tensor], grad: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Steps 1 to 7 of one (contiguous) parameter, step by step, so that the remainder ``r`` is left in the
+        accumulator for the statistics: the same step as :meth:`_step_groups` takes."""
         beta1, beta2 = (float(beta) for beta in group["betas"])
-        lr = float(group["lr"])
         m, bucket_size = group["m"], group["quant_bucket_size"]
         layout = self.layout(param.numel(), group)
         indices, values = state["window_indices"], state["window_values"]
@@ -352,48 +384,27 @@ class MicroAdam(ExactStateOptimizer):
         state["step"] += 1
         t = int(state["step"])
         row = (t - 1) % m
-        accumulator = _flat(grad)
-
         seed = int(state["rounding_seed"])
-        key = ops.stream_key(seed, t)
-        stochastic = group["ef_rounding"] == "stochastic"
-        if not collect:  # steps 2 to 5 in one pass
-            ops.ef_compress_(accumulator, indices[row], values[row], error_feedback, bucket_min, bucket_max,
-                             bucket_size, layout, stochastic, key)
-        else:  # step by step, so that the remainder r is left in the accumulator for the statistics
-            # In float32, as ef_compress_ computes it: a logged step takes the same step as any other (for a
-            # bfloat16 or float16 gradient, a float32 copy of it lives during this step).
-            accumulator = accumulator.float()
-            ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
-            ops.block_topk(accumulator, indices[row], values[row], layout)
-            ops.ef_quantize_(accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout,
-                             stochastic, key)
 
-        # Steps 6 and 7, over the filled rows; age(row) = (t - 1 - row) mod m.
+        # Steps 2 to 5, in float32 as the step of a whole group computes them (for a bfloat16 or float16 gradient, a
+        # float32 copy of it lives during this step).
+        accumulator = grad.view(-1).float()
+        ops.ef_dequant_add_(accumulator, error_feedback, bucket_min, bucket_max, bucket_size)
+        ops.block_topk(accumulator, indices[row], values[row], layout)
+        ops.ef_quantize_(accumulator, indices[row], error_feedback, bucket_min, bucket_max, bucket_size, layout,
+                         group["ef_rounding"] == "stochastic", ops.stream_key(seed, t))
+
+        # Steps 6 and 7, over the filled rows.
         filled = min(t, m)
-        weights_key = (t, m, beta1, beta2, param.device)
-        if weights_key not in row_weights:
-            ages = [(t - 1 - r) % m for r in range(filled)]
-            row_weights[weights_key] = (
-                torch.tensor([beta1**age for age in ages], dtype=torch.float32, device=param.device),
-                torch.tensor([beta2**age for age in ages], dtype=torch.float32, device=param.device),
-            )
-        weights1, weights2 = row_weights[weights_key]
-        c1 = (1 - beta1) / (1 - beta1**t)
-        c2 = (1 - beta2) / (1 - beta2**t)
-        target = _flat(param)
         # param_rounding="stochastic": the two roundings of a 16-bit parameter draw from streams of their own.
         stochastic_param = rounds_parameter_stochastically(group, param)
         param_key, decay_key = ops.param_rounding_keys(seed, t) if stochastic_param else (0, 0)
         ops.window_adam_update_(
-            target, indices[:filled], values[:filled], weights1, weights2, layout,
-            c1, c2, float(group["eps"]), lr, float(group["weight_decay"]), stochastic_param, param_key, decay_key,
+            param.view(-1), indices[:filled], values[:filled], ops.row_weights(beta1, t, m, param.device),
+            ops.row_weights(beta2, t, m, param.device), layout, (1 - beta1) / (1 - beta1**t),
+            (1 - beta2) / (1 - beta2**t), float(group["eps"]), float(group["lr"]), float(group["weight_decay"]),
+            stochastic_param, param_key, decay_key,
         )
-        if not param.is_contiguous():  # _flat stepped a copy
-            param.copy_(target.view_as(param))
-
-        if not collect:
-            return None
         return microadam_statistics(accumulator, state, layout, group, row, filled)
 
     @staticmethod

@@ -158,19 +158,27 @@ def guarded(op_name: str):
     def call(*arguments):
         op = getattr(emulated_ops(), op_name)
         calls[op_name] = calls.get(op_name, 0) + 1
-        tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
-        if not all(tensor.is_contiguous() for tensor in tensors):
+        # Tensors are arguments or the entries of list arguments (the ops of a whole param group).
+        tensors = [(position, entry, tensor) for position, argument in enumerate(arguments)
+                   for entry, tensor in (enumerate(argument) if isinstance(argument, (list, tuple)) else [(None, argument)])
+                   if isinstance(tensor, torch.Tensor)]
+        if not all(tensor.is_contiguous() for _, _, tensor in tensors):
             return op(*arguments)  # refused by the op's checks before any kernel runs
-        copies = [_guarded_copy(a) if isinstance(a, torch.Tensor) else (a, None) for a in arguments]
-        result = op(*(copy for copy, _ in copies))
-        for position, (argument, (copy, buffer)) in enumerate(zip(arguments, copies)):
-            if buffer is None:
-                continue
+        copies = {(position, entry): _guarded_copy(tensor) for position, entry, tensor in tensors}
+        guarded_arguments = [
+            [copies.get((position, entry), (value, None))[0] for entry, value in enumerate(argument)]
+            if isinstance(argument, (list, tuple)) else copies.get((position, None), (argument, None))[0]
+            for position, argument in enumerate(arguments)
+        ]
+        result = op(*guarded_arguments)
+        for position, entry, argument in tensors:
+            copy, buffer = copies[position, entry]
+            where = f"{position}" if entry is None else f"{position}[{entry}]"
             for side, guard in (("before", buffer[:GUARD_BYTES]), ("after", buffer[-GUARD_BYTES:])):
                 written = int((guard != GUARD_VALUE).sum())
                 if written:
                     raise AssertionError(f"the emulated CUDA kernel of {op_name} wrote {written} bytes {side} its "
-                                         f"tensor argument {position}")
+                                         f"tensor argument {where}")
             if not torch.equal(copy, argument):
                 argument.copy_(copy)
         return result

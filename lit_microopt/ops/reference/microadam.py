@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from typing import NamedTuple
 
 import torch
 
-from lit_microopt.ops.reference.random import stochastic_round, uniform
+from lit_microopt.ops.reference.random import param_rounding_keys, stochastic_round, stream_key, uniform
 
 #: Largest Top-K block: block-relative positions are stored as int16.
 MAX_BLOCK_SIZE = 32768
@@ -338,3 +338,64 @@ def window_adam_update_(
             target[flat_positions] = stochastic_round(updated, param.dtype, param_key, flat_positions + offset)
         else:
             target[flat_positions] = updated.to(param.dtype)
+
+
+def row_weights(beta: float, step: int, m: int, device: torch.device) -> torch.Tensor:
+    """``beta ** age(r)`` in float32 for the filled rows ``r < min(t, m)`` of the window, ``age(r) = (t - 1 - r) mod m``
+    (step 6)."""
+    return torch.tensor([beta ** ((step - 1 - row) % m) for row in range(min(step, m))], dtype=torch.float32,
+                        device=device)
+
+
+def microadam_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    window_indices: Sequence[torch.Tensor],
+    window_values: Sequence[torch.Tensor],
+    error_feedback: Sequence[torch.Tensor],
+    bucket_min: Sequence[torch.Tensor],
+    bucket_max: Sequence[torch.Tensor],
+    steps: Sequence[torch.Tensor],
+    seeds: Sequence[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    m: int,
+    block_size: int,
+    k_block: int,
+    bucket_size: int,
+    stochastic: bool,
+    stochastic_param: bool,
+) -> None:
+    """Steps 1 to 7 for every tensor of the lists, one tensor after the other: the definition of the op
+    ``microadam_step_``, which the kernels compute for a whole param group at once.
+
+    Tensor ``i`` is ``params[i]`` (any shape, contiguous), its gradient ``grads[i]`` (the step's working buffer: its
+    content is unspecified afterwards), its ``(m, k)`` window, its error feedback and bucket ranges, and its step count
+    and seed (CPU int64 tensors of one element): step 1 advances the count to ``t``, which fixes the window row
+    ``(t - 1) mod m``, the filled rows ``min(t, m)``, the bias corrections and, with the seed, the random streams
+    (:func:`lit_microopt.ops.reference.random.stream_key`, and ``param_rounding_keys`` for ``stochastic_param``).
+    """
+    for param, grad, indices, values, codes, low, high, step, seed in zip(
+        params, grads, window_indices, window_values, error_feedback, bucket_min, bucket_max, steps, seeds
+    ):
+        # Step 1.
+        step += 1
+        t, rounding_seed = int(step), int(seed)
+        row, filled = (t - 1) % m, min(t, m)
+        full_blocks = param.numel() // block_size
+        layout = TopKLayout(param.numel(), block_size, k_block, full_blocks, indices.shape[1] - full_blocks * k_block)
+        # Steps 2 to 5.
+        ef_compress_(grad.view(-1), indices[row], values[row], codes, low, high, bucket_size, layout, stochastic,
+                     stream_key(rounding_seed, t))
+        # Steps 6 and 7.
+        rounds = stochastic_param and param.dtype != torch.float32
+        param_key, decay_key = param_rounding_keys(rounding_seed, t) if rounds else (0, 0)
+        window_adam_update_(
+            param.view(-1), indices[:filled], values[:filled], row_weights(beta1, t, m, param.device),
+            row_weights(beta2, t, m, param.device), layout, (1 - beta1) / (1 - beta1**t),
+            (1 - beta2) / (1 - beta2**t), eps, lr, weight_decay, rounds, param_key, decay_key,
+        )
