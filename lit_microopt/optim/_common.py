@@ -81,24 +81,29 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
     """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity; else return the largest
     magnitude of each gradient, by name.
 
-    One device synchronisation per device, whatever the number of tensors.
+    One call per device and dtype and one device synchronisation per device, whatever the number of tensors.
     """
-    extremes_by_device: dict[torch.device, list[torch.Tensor]] = {}
-    names_by_device: dict[torch.device, list[str]] = {}
+    by_device: dict[torch.device, dict[torch.dtype, list[tuple[str, torch.Tensor]]]] = {}
+    magnitudes = {}
     for name, grad in named_gradients:
-        extremes_by_device.setdefault(grad.device, []).extend(gradient_extremes(grad))
-        names_by_device.setdefault(grad.device, []).append(name)
-    bad, magnitudes = [], {}
-    for device, extremes in extremes_by_device.items():
-        # Stacked in float32 (gradients of several dtypes): a float16 or bfloat16 extreme stays finite there.
-        # A NaN propagates through abs and amax, so a magnitude is finite exactly when every element is.
-        largest = torch.stack([value.float() for value in extremes]).abs().view(-1, 2).amax(dim=1).tolist()
-        for name, magnitude in zip(names_by_device[device], largest):
+        if grad.numel() == 0:
+            magnitudes[name] = 0.0
+        else:
+            by_device.setdefault(grad.device, {}).setdefault(grad.dtype, []).append((name, grad))
+    bad = []
+    for by_dtype in by_device.values():
+        entries = [entry for same_dtype in by_dtype.values() for entry in same_dtype]
+        # The infinity norm is the largest magnitude, and a NaN propagates into it: it is finite exactly when every
+        # element is. In float32 (gradients of several dtypes), where a float16 or bfloat16 one stays itself.
+        norms = torch.cat([torch.stack(torch._foreach_norm([grad for _, grad in same_dtype], math.inf)).float()
+                           for same_dtype in by_dtype.values()])
+        for (name, _), magnitude in zip(entries, norms.tolist()):
             magnitudes[name] = magnitude
             if not math.isfinite(magnitude):
                 bad.append(name)
     if bad:
-        raise non_finite_gradient_error(owner, bad)
+        order = {name: index for index, (name, _) in enumerate(named_gradients)}
+        raise non_finite_gradient_error(owner, sorted(bad, key=order.__getitem__))
     return magnitudes
 
 
