@@ -20,6 +20,7 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
+    check_gradients_finite,
     rounds_parameter_stochastically,
 )
 from lit_microopt.optim._dtensor import (
@@ -284,7 +285,7 @@ class MicroAdam(ExactStateOptimizer):
         work = [entry for entry in self._parameters_with_gradients() if entry[2].numel() > 0]
         named_gradients = [(name, param.grad) for _, name, param, _ in work]
         if self.check_finite and named_gradients:
-            magnitudes = check_gradients_finite_everywhere("MicroAdam", named_gradients)
+            magnitudes = check_gradients_finite_everywhere("MicroAdam", named_gradients, bounds_only=True)
             self._check_accumulator_range(work, magnitudes)
 
         collect = self._telemetry_requested
@@ -311,7 +312,7 @@ class MicroAdam(ExactStateOptimizer):
             lists = calls.get(key)
             if lists is None:
                 lists = calls[key] = {name: [] for name in _STEP_LISTS}
-            state = local_state(self.state[param])
+            state = local_state(self.state[param]) if is_dtensor(param) else self.state[param]
             lists["params"].append(shard.param)
             lists["grads"].append(shard.grad)
             for name in _STATE_LISTS:
@@ -357,12 +358,20 @@ class MicroAdam(ExactStateOptimizer):
             norms = torch._foreach_norm([ranges[label] for label in labels], float("inf"))
             for (name, _), value in zip(labels, torch.stack(norms).float().tolist()):
                 feedback[name] = max(feedback.get(name, 0.0), value)
-        too_large = []
-        for name, _, m in entries:
-            bound = gradient_magnitudes[name] + feedback.get(name, 0.0)
-            limit = math.sqrt(torch.finfo(torch.float32).max / m)
-            if not bound < limit:
-                too_large.append(f"{name} ({bound:.3g} > {limit:.3g})")
+        def over_limit(magnitudes: dict[str, float], candidates: list) -> list[tuple[str, torch.Tensor, float, float]]:
+            found = []
+            for name, param, m in candidates:
+                bound, limit = magnitudes[name] + feedback.get(name, 0.0), math.sqrt(torch.finfo(torch.float32).max / m)
+                if not bound < limit:
+                    found.append((name, param, bound, limit))
+            return found
+
+        suspects = over_limit(gradient_magnitudes, entries)
+        if suspects:  # the magnitudes may be bounds (2-norms): the suspects' exact largest magnitudes decide
+            exact = check_gradients_finite("MicroAdam", [(name, param.grad) for name, param, _, _ in suspects])
+            by_name = {name: m for name, _, m in entries}
+            suspects = over_limit(exact, [(name, param, by_name[name]) for name, param, _, _ in suspects])
+        too_large = [f"{name} ({bound:.3g} > {limit:.3g})" for name, _, bound, limit in suspects]
         if too_large:
             raise FloatingPointError(
                 "MicroAdam: gradient plus error feedback too large for the window's float32 statistics in "
