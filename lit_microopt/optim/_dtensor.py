@@ -124,7 +124,7 @@ class FlatShard:
     """
 
     def __init__(self, param: torch.Tensor) -> None:
-        self._local = local_tensor(param)
+        self._local, self._grad_owner = local_tensor(param), param.grad
         self.param, self.grad = self._local, local_tensor(param.grad)
         self.padded = is_dtensor(param) and self._local.numel() != padded_local_numel(param)
         if self.padded:
@@ -136,6 +136,11 @@ class FlatShard:
             self.grad = grad
         else:
             self.param, self.grad = self.param.contiguous(), self.grad.contiguous()  # no copy when contiguous
+
+    @property
+    def is_copy(self) -> bool:
+        """Whether the values or the gradient stepped are copies (rather than the tensors themselves)."""
+        return self.param is not self._local or self.grad is not local_tensor(self._grad_owner)
 
     def write_back(self) -> None:
         """Copy the stepped values into the local shard (nothing to do when it was stepped in place)."""

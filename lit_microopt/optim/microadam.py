@@ -290,24 +290,37 @@ class MicroAdam(ExactStateOptimizer):
 
         collect = self._telemetry_requested
         self._telemetry_requested = False
-        shards = []
-        for group_index, _, param, position in work:
+        # Tensors stepped in place go in one call per param group; copies (a padded shard, a non-contiguous tensor)
+        # step one at a time, so that at most one is alive, and so does every tensor of a telemetry step.
+        in_place: list[tuple[tuple, FlatShard]] = []
+        pending = []  # (group index, name, statistics as a tensor, counts) of every parameter, when collecting
+        for entry in work:
+            group_index, name, param, position = entry
             state = self.state[param]
             if not state:
                 state.update(self._new_state(param, self.param_groups[group_index], seed=position))
             # A DTensor steps its local shard, flat and padded to the size its state was made for.
-            shards.append(FlatShard(param))
+            shard = FlatShard(param)
+            if collect:
+                statistics = self._step_parameter(shard.param, self.param_groups[group_index], local_state(state),
+                                                  shard.grad)
+                pending.append((group_index, name, *statistics))
+                shard.write_back()
+            elif shard.is_copy:
+                self._step_groups([(entry, shard)])
+                shard.write_back()
+            else:
+                in_place.append((entry, shard))
         if collect:
-            self.telemetry = self._step_with_statistics(work, shards)
+            self.telemetry = self._gather_telemetry(pending, len(self.param_groups))
         else:
-            self._step_groups(work, shards)
-        for shard in shards:
-            shard.write_back()
+            self._step_groups(in_place)
 
-    def _step_groups(self, work: list, shards: list[FlatShard]) -> None:
-        """Steps 1 to 7 of every parameter, one op call for each param group's tensors of one device and dtypes."""
+    def _step_groups(self, entries: list[tuple[tuple, FlatShard]]) -> None:
+        """Steps 1 to 7 of every parameter of ``entries`` (its work entry and the tensors to step), one op call for
+        each param group's tensors of one device and dtypes."""
         calls: dict[tuple, dict[str, list[torch.Tensor]]] = {}
-        for (group_index, _, param, _), shard in zip(work, shards):
+        for (group_index, _, param, _), shard in entries:
             key = (group_index, shard.param.device, shard.param.dtype, shard.grad.dtype)
             lists = calls.get(key)
             if lists is None:
@@ -327,15 +340,6 @@ class MicroAdam(ExactStateOptimizer):
                 stochastic=group["ef_rounding"] == "stochastic",
                 stochastic_param=group["param_rounding"] == "stochastic",
             )
-
-    def _step_with_statistics(self, work: list, shards: list[FlatShard]) -> MicroAdamTelemetry:
-        """Steps 1 to 7 tensor by tensor, op after op, with the statistics of each step (a telemetry step)."""
-        pending = []  # (group index, name, statistics as a tensor, counts) of every parameter
-        for (group_index, name, param, _), shard in zip(work, shards):
-            group = self.param_groups[group_index]
-            statistics = self._step_parameter(shard.param, group, local_state(self.state[param]), shard.grad)
-            pending.append((group_index, name, *statistics))
-        return self._gather_telemetry(pending, len(self.param_groups))
 
     def _check_accumulator_range(self, work: list, gradient_magnitudes: dict[str, float]) -> None:
         """Raise ``FloatingPointError``, before anything changes, where this step's accumulator could overflow
