@@ -158,14 +158,27 @@ def guarded(op_name: str):
     def call(*arguments):
         op = getattr(emulated_ops(), op_name)
         calls[op_name] = calls.get(op_name, 0) + 1
-        tensors = [a for a in arguments if isinstance(a, torch.Tensor)]
-        if not all(tensor.is_contiguous() for tensor in tensors):
+        # Tensor lists (the multi-tensor ops) are guarded tensor by tensor.
+        flat = [(position, a) for position, argument in enumerate(arguments)
+                for a in (argument if isinstance(argument, (list, tuple)) else [argument])]
+        tensors = [a for _, a in flat if isinstance(a, torch.Tensor)]
+        if not all(tensor.is_contiguous() and tensor.device.type == "cpu" for tensor in tensors):
             return op(*arguments)  # refused by the op's checks before any kernel runs
-        copies = [_guarded_copy(a) if isinstance(a, torch.Tensor) else (a, None) for a in arguments]
-        result = op(*(copy for copy, _ in copies))
-        for position, (argument, (copy, buffer)) in enumerate(zip(arguments, copies)):
-            if buffer is None:
+        copied = {}
+        for _, a in flat:
+            if isinstance(a, torch.Tensor) and id(a) not in copied:
+                copied[id(a)] = _guarded_copy(a)
+        guarded_arguments = [
+            [copied[id(a)][0] if isinstance(a, torch.Tensor) else a for a in argument]
+            if isinstance(argument, (list, tuple)) else (copied[id(argument)][0] if isinstance(argument, torch.Tensor)
+                                                         else argument)
+            for argument in arguments
+        ]
+        result = op(*guarded_arguments)
+        for position, argument in flat:
+            if not isinstance(argument, torch.Tensor):
                 continue
+            copy, buffer = copied[id(argument)]
             for side, guard in (("before", buffer[:GUARD_BYTES]), ("after", buffer[-GUARD_BYTES:])):
                 written = int((guard != GUARD_VALUE).sum())
                 if written:
