@@ -66,7 +66,7 @@ __global__ void multi_adam_mini_kernel(const MultiTensor* tensors, int count, in
       const int middle = (low + high + 1) / 2;
       if (tensors[middle].first_chunk <= chunk) low = middle; else high = middle - 1;
     }
-    const MultiTensor& t = tensors[low];
+    const MultiTensor t = tensors[low];  // a copy: the stores below cannot be proven not to alias it
     const Hyperparameters& h = t.h;
     auto* params = static_cast<typename P::storage*>(t.params);
     const auto* grads = static_cast<const typename P::storage*>(t.grads);

@@ -146,7 +146,7 @@ inline at::Tensor block_denominators(at::Tensor& exp_avg_sq, const at::Tensor& b
 }
 
 // row_denominators of the reference: one denominator per row of the block matrix, each block's spread over its
-// rows (copies only).
+// rows (copies only; expanded rather than repeat_interleave'd, which would wait for the GPU to size its output).
 inline at::Tensor row_denominators(const at::Tensor& block_denominators, const MultiLayout& layout,
                                    c10::IntArrayRef segment_rows, c10::IntArrayRef rows_per_block) {
   if (layout.blocks == layout.rows) return block_denominators;
@@ -154,7 +154,8 @@ inline at::Tensor row_denominators(const at::Tensor& block_denominators, const M
   int64_t block = 0;
   for (int64_t s = layout.first_segment; s < layout.first_segment + layout.segments; ++s) {
     const int64_t blocks = segment_rows[s] / rows_per_block[s];
-    segments.push_back(block_denominators.narrow(0, block, blocks).repeat_interleave(rows_per_block[s]));
+    segments.push_back(
+        block_denominators.narrow(0, block, blocks).view({blocks, 1}).expand({blocks, rows_per_block[s]}).reshape(-1));
     block += blocks;
   }
   return segments.size() == 1 ? segments[0] : at::cat(segments);
