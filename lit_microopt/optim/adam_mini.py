@@ -411,6 +411,7 @@ class AdamMini(ExactStateOptimizer):
         """
         work = [(self.param_groups[index], name, param, position)
                 for index, name, param, position in self._parameters_with_gradients()]
+        everything = work
         buckets, work = self._buckets(work)
         # The block statistics read only the gradients: computing them first lets a non-finite gradient stop
         # the step before anything changes, and makes the finiteness check nearly free.
@@ -425,17 +426,20 @@ class AdamMini(ExactStateOptimizer):
                 ([(name, param.grad) for bucket in device_buckets for _, name, param, _ in bucket], statistics)
                 for device_buckets, statistics in batched_statistics
             ])
-        for device_buckets, statistics in batched_statistics:
-            self._step_buckets(device_buckets, statistics)
-
-        owned_blocks = []  # (blocks, v) of DTensor parameters whose v entries the other ranks need
-        for (group, _, param, position), block_mean_sq in zip(work, block_mean_sqs):
+        # New states in the parameters' order, whichever path steps them (self.state keeps that order).
+        for group, _, param, position in everything:
             state = self.state[param]
             if not state:
                 state.update(self._new_state(param, group, seed=position))
             elif "rounding_seed" not in state and self._rounds_stochastically(param, group):
                 # param_rounding switched to "stochastic" after the first step: the seed a new state gets.
                 state["rounding_seed"] = torch.tensor(position, dtype=torch.int64)
+        for device_buckets, statistics in batched_statistics:
+            self._step_buckets(device_buckets, statistics)
+
+        owned_blocks = []  # (blocks, v) of DTensor parameters whose v entries the other ranks need
+        for (group, _, param, _), block_mean_sq in zip(work, block_mean_sqs):
+            state = self.state[param]
             state["step"] += 1
             layout = self._layouts[param]
             # A DTensor steps its local shard (its blocks; for local blocks, their slice of v).
@@ -505,14 +509,6 @@ class AdamMini(ExactStateOptimizer):
 
     def _step_buckets(self, buckets: list[list], statistics: torch.Tensor) -> None:
         """Steps 1 to 5 of every bucket of one device, one op call each; the step counts advance with one op."""
-        for bucket in buckets:
-            for group, _, param, position in bucket:
-                state = self.state[param]
-                if not state:
-                    state.update(self._new_state(param, group, seed=position))
-                elif "rounding_seed" not in state and self._rounds_stochastically(param, group):
-                    # param_rounding switched to "stochastic" after the first step: the seed a new state gets.
-                    state["rounding_seed"] = torch.tensor(position, dtype=torch.int64)
         states = [[self.state[param] for _, _, param, _ in bucket] for bucket in buckets]
         torch._foreach_add_([state["step"] for bucket_states in states for state in bucket_states], 1)
         offset = 0
