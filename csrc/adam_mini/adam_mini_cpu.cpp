@@ -230,7 +230,9 @@ void multi_adam_mini_update_cpu(const at::Tensor& block_mean_sqs, at::TensorList
         if (layout.blocks != layout.rows) {
           float* rows = next_spread;
           for (int64_t s = layout.first_segment, block = 0; s < layout.first_segment + layout.segments; ++s) {
-            for (int64_t r = 0; r < segment_rows[s]; ++r) *next_spread++ = row_denominators[block + r / rows_per_block[s]];
+            for (int64_t r = 0; r < segment_rows[s]; ++r) {
+              *next_spread++ = row_denominators[block + r / rows_per_block[s]];
+            }
             block += segment_rows[s] / rows_per_block[s];
           }
           row_denominators = rows;

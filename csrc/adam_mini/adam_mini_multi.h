@@ -52,8 +52,9 @@ inline std::vector<MultiLayout> multi_layouts(const char* op, size_t count, cons
   }
   TORCH_CHECK_VALUE(static_cast<int64_t>(segment_rows.size()) == total_segments &&
                         static_cast<int64_t>(rows_per_block.size()) == total_segments,
-                    "lit_microopt: ", op, ": segment_counts add up to ", total_segments, " segments but segment_rows has ",
-                    segment_rows.size(), " and rows_per_block ", rows_per_block.size(),
+                    "lit_microopt: ", op, ": segment_counts add up to ", total_segments,
+                    " segments but segment_rows has ", segment_rows.size(), " and rows_per_block ",
+                    rows_per_block.size(),
                     "; concatenate every tensor's segment_rows and rows_per_block in the tensors' order");
   std::vector<MultiLayout> layouts;
   layouts.reserve(count);
@@ -65,7 +66,8 @@ inline std::vector<MultiLayout> multi_layouts(const char* op, size_t count, cons
     for (int64_t s = segment; s < segment + segment_counts[i]; ++s) {
       TORCH_CHECK_VALUE(segment_rows[s] >= 1 && rows_per_block[s] >= 1 && segment_rows[s] % rows_per_block[s] == 0,
                         "lit_microopt: ", op, ": tensor ", i, " has a segment of ", segment_rows[s],
-                        " rows in blocks of ", rows_per_block[s], "; a segment must be whole blocks of at least one row");
+                        " rows in blocks of ", rows_per_block[s],
+                        "; a segment must be whole blocks of at least one row");
       layout.rows += segment_rows[s];
       layout.blocks += segment_rows[s] / rows_per_block[s];
     }
@@ -100,7 +102,8 @@ inline void check_statistics_arguments(const char* op, const at::Tensor& block_m
     check_device(grad, op, "grads", i, block_mean_sqs);
     TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kBFloat16 ||
                     grad.scalar_type() == at::kHalf,
-                "lit_microopt: ", op, ": grads[", i, "] must be float32, bfloat16 or float16, got ", grad.scalar_type());
+                "lit_microopt: ", op, ": grads[", i, "] must be float32, bfloat16 or float16, got ",
+                grad.scalar_type());
     const MultiLayout& layout = layouts[i];
     TORCH_CHECK_VALUE(grad.numel() > 0 && grad.numel() % layout.rows == 0, "lit_microopt: ", op, ": grads[", i,
                       "] has ", grad.numel(), " elements, which do not split into its ", layout.rows,

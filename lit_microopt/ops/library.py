@@ -185,7 +185,8 @@ def _multi_layouts(block_axes, segment_counts, segment_rows, rows_per_block) -> 
     """(block_axis, segment_rows, rows_per_block) of every tensor of a multi-tensor op, from its int lists."""
     layouts, start = [], 0
     for block_axis, count in zip(block_axes, segment_counts):
-        layouts.append((block_axis, list(segment_rows[start : start + count]), list(rows_per_block[start : start + count])))
+        layouts.append((block_axis, list(segment_rows[start : start + count]),
+                        list(rows_per_block[start : start + count])))
         start += count
     return layouts
 

@@ -367,7 +367,8 @@ def _bad_calls(device):
         *([("device", arguments(grads=[tensors[0]["grad"].cpu()] + [t["grad"] for t in tensors[1:]]),
             r"grads\[0\] is on cpu but block_mean_sqs is on cuda:0; call the op once per device")]
           if device == "cuda" else []),
-        ("non-contiguous", arguments(params=[torch.zeros(10, 12, device=device).t()] + [t["param"] for t in tensors[1:]]),
+        ("non-contiguous",
+         arguments(params=[torch.zeros(10, 12, device=device).t()] + [t["param"] for t in tensors[1:]]),
          r"params\[0\], exp_avgs\[0\] and exp_avg_sqs\[0\] must be contiguous"),
         ("v size", arguments(exp_avg_sqs=[torch.zeros(5, device=device)] + [t["exp_avg_sq"] for t in tensors[1:]]),
          r"tensor 0 has 120 elements.*exp_avg_sq 5 for 12 blocks"),

@@ -360,7 +360,8 @@ def _mixed_model(kind: str, seed: int = 0) -> nn.Module:
 
 def _mixed_backward(model: nn.Module, step: int) -> None:
     if isinstance(model, nn.TransformerEncoderLayer):
-        inputs = torch.randn(5, 2, 32, generator=torch.Generator().manual_seed(2000 + step)).to(model.linear1.weight.dtype)
+        generator = torch.Generator().manual_seed(2000 + step)
+        inputs = torch.randn(5, 2, 32, generator=generator).to(model.linear1.weight.dtype)
         model(inputs).square().mean().backward()
     else:
         backward(model, step)
