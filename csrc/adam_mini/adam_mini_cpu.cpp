@@ -7,11 +7,14 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "../common/cpu_rounding.h"
 #include "adam_mini_checks.h"
 #include "adam_mini_math.h"
+#include "adam_mini_multi.h"
 #include "../common/kernel_registration.h"
 
 namespace lit_microopt {
@@ -120,9 +123,154 @@ void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor e
   });
 }
 
+// -- multi-tensor ops: one call per param group ------------------------------------------------------------
+
+void multi_block_mean_squares_cpu(at::Tensor block_mean_sqs, at::TensorList grads, at::IntArrayRef block_axes,
+                                  at::IntArrayRef segment_counts, at::IntArrayRef segment_rows,
+                                  at::IntArrayRef rows_per_block) {
+  constexpr const char* op = "multi_block_mean_squares_";
+  check_kernel_device(block_mean_sqs, "block_mean_sqs", at::kCPU);
+  const auto layouts = multi_layouts(op, grads.size(), "grads", block_axes, segment_counts, segment_rows,
+                                     rows_per_block);
+  check_statistics_arguments(op, block_mean_sqs, grads, layouts);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    block_mean_squares_into(grads[i], layouts[i], segment_rows, rows_per_block,
+                            block_mean_sqs.narrow(0, layouts[i].first_block, layouts[i].blocks));
+  }
+}
+
+// One tensor of the element-wise pass: its pointers, its block matrix walked by its own rows (as `update` does),
+// its constants, and the instantiation of update_row for its choices.
+struct RowsWork;
+using RowsFunction = void (*)(const RowsWork&, int64_t, int64_t);
+
+struct RowsWork {
+  void* param;
+  const void* grad;
+  void* moment;
+  const float* denominators;  // one per block row
+  int64_t outer;              // rows of the walk: the block rows (axis 0) or numel / block rows (axis 1)
+  int64_t width;              // elements of one row of the walk
+  int64_t rows_per_chunk;     // rows of one work item of the parallel loop
+  bool axis0;                 // one denominator a walked row (block axis 0), else a contiguous run of them
+  Hyperparameters h;
+  RowsFunction rows;
+};
+
+template <typename param_t, typename moment_t, bool Decays, bool StochasticMoment, bool StochasticParam>
+void update_rows(const RowsWork& w, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    update_row<param_t, moment_t, Decays, StochasticMoment, StochasticParam>(
+        static_cast<param_t*>(w.param), static_cast<const param_t*>(w.grad), static_cast<moment_t*>(w.moment),
+        w.axis0 ? w.denominators + r : w.denominators, r * w.width, w.width, w.axis0, w.h);
+  }
+}
+
+// The instantiation of update_rows for one tensor's choices (a float32 parameter has nothing to round).
+template <typename param_t, typename moment_t>
+RowsFunction rows_function(const Hyperparameters& h) {
+  RowsFunction chosen = nullptr;
+  auto pick = [&]<bool Decays, bool StochasticMoment>() {
+    if (!std::is_same_v<param_t, float> && h.stochastic_param) {
+      chosen = &update_rows<param_t, moment_t, Decays, StochasticMoment, !std::is_same_v<param_t, float>>;
+    } else {
+      chosen = &update_rows<param_t, moment_t, Decays, StochasticMoment, false>;
+    }
+  };
+  auto with_moment = [&]<bool Decays>() {
+    if (h.stochastic) {
+      pick.template operator()<Decays, true>();
+    } else {
+      pick.template operator()<Decays, false>();
+    }
+  };
+  if (h.decays) {
+    with_moment.template operator()<true>();
+  } else {
+    with_moment.template operator()<false>();
+  }
+  return chosen;
+}
+
+void multi_adam_mini_update_cpu(const at::Tensor& block_mean_sqs, at::TensorList params, at::TensorList grads,
+                                at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::IntArrayRef block_axes,
+                                at::IntArrayRef segment_counts, at::IntArrayRef segment_rows,
+                                at::IntArrayRef rows_per_block, at::ArrayRef<double> weight_decays,
+                                at::IntArrayRef rounding_seeds, int64_t step, double lr, double beta1, double beta2,
+                                double eps, bool stochastic_param) {
+  constexpr const char* op = "multi_adam_mini_update_";
+  check_kernel_device(block_mean_sqs, "block_mean_sqs", at::kCPU);
+  const auto layouts = multi_layouts(op, params.size(), "params", block_axes, segment_counts, segment_rows,
+                                     rows_per_block);
+  check_update_arguments(op, block_mean_sqs, params, grads, exp_avgs, exp_avg_sqs, layouts, weight_decays,
+                         rounding_seeds);
+  if (params.empty()) return;
+
+  // Step 3 and the denominators, tensor by tensor with the reference's ATen ops; then every block's denominator
+  // spread over its rows (plain copies: the reference's repeat_interleave, without a call per tensor).
+  std::vector<at::Tensor> denominators, contiguous_grads;
+  int64_t spread_rows = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor exp_avg_sq = exp_avg_sqs[i];
+    denominators.push_back(block_denominators(
+        exp_avg_sq, block_mean_sqs.narrow(0, layouts[i].first_block, layouts[i].blocks), step, beta2, eps));
+    contiguous_grads.push_back(grads[i].contiguous());
+    if (layouts[i].blocks != layouts[i].rows) spread_rows += layouts[i].rows;
+  }
+  std::vector<float> spread(spread_rows);
+  std::vector<RowsWork> work;
+  std::vector<int64_t> first_chunk{0};  // work item w owns chunks [first_chunk[w], first_chunk[w + 1])
+  float* next_spread = spread.data();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[0].scalar_type(), op, [&] {
+    using param_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, exp_avgs[0].scalar_type(), op, [&] {
+      for (size_t i = 0; i < params.size(); ++i) {
+        const MultiLayout& layout = layouts[i];
+        const float* row_denominators = denominators[i].data_ptr<float>();
+        if (layout.blocks != layout.rows) {
+          float* rows = next_spread;
+          for (int64_t s = layout.first_segment, block = 0; s < layout.first_segment + layout.segments; ++s) {
+            for (int64_t r = 0; r < segment_rows[s]; ++r) {
+              *next_spread++ = row_denominators[block + r / rows_per_block[s]];
+            }
+            block += segment_rows[s] / rows_per_block[s];
+          }
+          row_denominators = rows;
+        }
+        const Hyperparameters h = multi_hyperparameters(params[i], exp_avgs[i], step, lr, beta1, weight_decays[i],
+                                                        rounding_seeds[i], stochastic_param);
+        const int64_t numel = params[i].numel();
+        const int64_t outer = layout.block_axis == 0 ? layout.rows : numel / layout.rows;
+        const int64_t width = numel / outer;
+        // Chunks of about 16384 elements (whole rows), the grain of the per-tensor kernel.
+        const int64_t rows_per_chunk = std::max<int64_t>(1, 16384 / width);
+        work.push_back({params[i].data_ptr(), contiguous_grads[i].data_ptr(), exp_avgs[i].data_ptr(),
+                        row_denominators, outer, width, rows_per_chunk, layout.block_axis == 0, h,
+                        rows_function<param_t, scalar_t>(h)});
+        first_chunk.push_back(first_chunk.back() + (outer + rows_per_chunk - 1) / rows_per_chunk);
+      }
+    });
+  });
+  // Steps 1, 2, 4 and 5 of every tensor in one parallel loop over (tensor, chunk of rows): small tensors share a
+  // thread-pool wake-up instead of paying one each.
+  at::parallel_for(0, first_chunk.back(), 1, [&](int64_t begin, int64_t end) {
+    size_t w = std::upper_bound(first_chunk.begin(), first_chunk.end(), begin) - first_chunk.begin() - 1;
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      while (chunk >= first_chunk[w + 1]) ++w;
+      const RowsWork& item = work[w];
+      const int64_t row_begin = (chunk - first_chunk[w]) * item.rows_per_chunk;
+      item.rows(item, row_begin, std::min(row_begin + item.rows_per_chunk, item.outer));
+    }
+  });
+}
+
 }  // namespace
 
-LMO_REGISTER_KERNELS(CPU, m) { m.impl("adam_mini_update_", &adam_mini_update_cpu); }
+LMO_REGISTER_KERNELS(CPU, m) {
+  m.impl("adam_mini_update_", &adam_mini_update_cpu);
+  m.impl("multi_block_mean_squares_", &multi_block_mean_squares_cpu);
+  m.impl("multi_adam_mini_update_", &multi_adam_mini_update_cpu);
+}
 
 }  // namespace adam_mini
 }  // namespace lit_microopt

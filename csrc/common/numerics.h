@@ -148,4 +148,26 @@ LMO_HOST_DEVICE float uniform(uint32_t key, int64_t index) {
   return static_cast<float>(hash32(static_cast<uint32_t>(index) ^ key) >> 8) * (1.0f / 16777216.0f);
 }
 
+// The 32-bit key of one tensor's stream at one step, from its 64-bit seed and its step count: the twin of
+// stream_key in lit_microopt/ops/reference/random.py (seeds and steps read as their 64 bits, low half first).
+LMO_HOST_DEVICE uint32_t stream_key(int64_t seed, int64_t step) {
+  const uint64_t seed_bits = static_cast<uint64_t>(seed), step_bits = static_cast<uint64_t>(step);
+  uint32_t key = hash32(static_cast<uint32_t>(seed_bits));
+  key = hash32(key ^ static_cast<uint32_t>(seed_bits >> 32));
+  key = hash32(key ^ static_cast<uint32_t>(step_bits));
+  return hash32(key ^ static_cast<uint32_t>(step_bits >> 32));
+}
+
+// The keys of the two stochastic roundings of a 16-bit parameter (param_rounding="stochastic"), after the update
+// and after the weight decay: param_rounding_keys of random.py, each stream_key's key mixed with its own salt.
+struct ParamRoundingKeys {
+  uint32_t update;
+  uint32_t decay;
+};
+
+LMO_HOST_DEVICE ParamRoundingKeys param_rounding_keys(int64_t seed, int64_t step) {
+  const uint32_t key = stream_key(seed, step);
+  return {hash32(key ^ 0x9E3779B9u), hash32(key ^ 0x85EBCA6Bu)};
+}
+
 }  // namespace lit_microopt

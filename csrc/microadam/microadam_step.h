@@ -20,20 +20,6 @@
 namespace lit_microopt {
 namespace microadam {
 
-// The key of one tensor's random stream at one step, from its 64-bit seed: stream_key of
-// lit_microopt/ops/reference/random.py.
-inline uint32_t stream_key(int64_t seed, int64_t step) {
-  const uint64_t s = static_cast<uint64_t>(seed), t = static_cast<uint64_t>(step);
-  uint32_t key = hash32(static_cast<uint32_t>(s));
-  key = hash32(key ^ static_cast<uint32_t>(s >> 32));
-  key = hash32(key ^ static_cast<uint32_t>(t));
-  return hash32(key ^ static_cast<uint32_t>(t >> 32));
-}
-
-// The salts of param_rounding_keys (random.py): the update's and the decay's streams of a 16-bit parameter.
-constexpr uint32_t kParamSalt = 0x9e3779b9u;
-constexpr uint32_t kDecaySalt = 0x85ebca6bu;
-
 // The tensors of one microadam_step_ call, list by list.
 struct StepTensors {
   const std::vector<at::Tensor>& params;
@@ -138,10 +124,11 @@ inline std::vector<TensorSchedule> advance_steps(const StepTensors& t, int64_t m
   for (size_t i = 0; i < t.steps.size(); ++i) {
     int64_t& counter = *t.steps[i].data_ptr<int64_t>();
     const int64_t step = ++counter;
-    const uint32_t key = stream_key(*t.seeds[i].data_ptr<int64_t>(), step);
+    const int64_t seed = *t.seeds[i].data_ptr<int64_t>();
+    const ParamRoundingKeys param_keys = param_rounding_keys(seed, step);
     const auto& [weights1, weights2] = weights.at_step(step);
     schedules.push_back(TensorSchedule{
-        step, (step - 1) % m, std::min(step, m), key, hash32(key ^ kParamSalt), hash32(key ^ kDecaySalt),
+        step, (step - 1) % m, std::min(step, m), stream_key(seed, step), param_keys.update, param_keys.decay,
         static_cast<float>((1.0 - beta1) / (1.0 - std::pow(beta1, static_cast<double>(step)))),
         static_cast<float>((1.0 - beta2) / (1.0 - std::pow(beta2, static_cast<double>(step)))),
         weights1.data(), weights2.data()});

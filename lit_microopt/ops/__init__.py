@@ -85,6 +85,30 @@ def adam_mini_update_(param, grad, exp_avg, exp_avg_sq, **arguments) -> None:
     _adam_mini_reference.adam_mini_update_(param, grad, exp_avg, exp_avg_sq, **arguments, apply=apply)
 
 
+def multi_block_mean_squares_(block_mean_sqs, grads, *, block_axes, segment_counts, segment_rows,
+                              rows_per_block) -> None:
+    """:func:`block_mean_squares` of every tensor of ``grads`` (one device), written into ``block_mean_sqs`` (float32,
+    the tensors' blocks in order) by one op call; layouts as int lists (see ``multi_adam_mini_update_``)."""
+    dispatch.run("multi_block_mean_squares_", block_mean_sqs, grads, block_axes, segment_counts, segment_rows,
+                 rows_per_block)
+
+
+def multi_adam_mini_update_(block_mean_sqs, params, grads, exp_avgs, exp_avg_sqs, *, block_axes, segment_counts,
+                            segment_rows, rows_per_block, weight_decays, rounding_seeds, step: int, lr: float,
+                            beta1: float, beta2: float, eps: float, stochastic_param: bool = False) -> None:
+    """:func:`adam_mini_update_` of every tensor of ``params`` by one op call: tensors of one device, one parameter
+    dtype, one first-moment dtype and one step count, with more elements than blocks.
+
+    ``block_mean_sqs`` holds their block statistics in order (:func:`multi_block_mean_squares_`). Tensor ``i`` has
+    block axis ``block_axes[i]`` and the next ``segment_counts[i]`` entries of ``segment_rows`` and
+    ``rows_per_block``; ``weight_decays[i]`` and ``rounding_seeds[i]`` are its own. The results are those of
+    :func:`adam_mini_update_` on each tensor, bit for bit.
+    """
+    dispatch.run("multi_adam_mini_update_", block_mean_sqs, params, grads, exp_avgs, exp_avg_sqs, block_axes,
+                 segment_counts, segment_rows, rows_per_block, weight_decays, rounding_seeds, step, lr, beta1, beta2,
+                 eps, stochastic_param)
+
+
 __all__ = [
     "TopKLayout",
     "adam_mini_update_",
@@ -97,6 +121,8 @@ __all__ = [
     "ef_quantize_",
     "kernels_report",
     "microadam_step_",
+    "multi_adam_mini_update_",
+    "multi_block_mean_squares_",
     "param_rounding_keys",
     "row_weights",
     "slices",

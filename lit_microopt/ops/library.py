@@ -151,6 +151,71 @@ def adam_mini_update_(param, grad, exp_avg, row_denominator, block_axis, step_si
                                        param_keys=(param_key, decay_key) if stochastic_param else None)
 
 
+# One call per param group instead of one per tensor: the block statistics of every tensor of one device into one
+# float32 buffer (block_mean_sqs, the tensors' blocks in order), then steps 1 to 5 of the tensors that share a
+# device, a dtype, a step count and their group's settings. Their layouts are int lists: tensor i has
+# segment_counts[i] consecutive entries of segment_rows and rows_per_block. Only tensors with more elements than
+# blocks (not AdamW's element blocks), contiguous, with elements. The references loop over the per-tensor one,
+# which stays the definition.
+@_define("AdamMini", "multi_block_mean_squares_(Tensor(a!) block_mean_sqs, Tensor[] grads, int[] block_axes, "
+                     "int[] segment_counts, int[] segment_rows, int[] rows_per_block) -> ()")
+def multi_block_mean_squares_(block_mean_sqs, grads, block_axes, segment_counts, segment_rows, rows_per_block):
+    _check_lengths("multi_block_mean_squares_", grads, block_axes=block_axes, segment_counts=segment_counts)
+    for grad, (block_axis, rows, heights), out in zip(
+        grads, _multi_layouts(block_axes, segment_counts, segment_rows, rows_per_block), _split(block_mean_sqs, grads,
+        segment_counts, segment_rows, rows_per_block)
+    ):
+        out.copy_(adam_mini_reference.block_mean_squares(grad, block_axis=block_axis, segment_rows=rows,
+                                                         rows_per_block=heights))
+
+
+@_define("AdamMini", "multi_adam_mini_update_(Tensor block_mean_sqs, Tensor(a!)[] params, Tensor[] grads, "
+                     "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, int[] block_axes, int[] segment_counts, "
+                     "int[] segment_rows, int[] rows_per_block, float[] weight_decays, int[] rounding_seeds, int step, "
+                     "float lr, float beta1, float beta2, float eps, bool stochastic_param=False) -> ()")
+def multi_adam_mini_update_(block_mean_sqs, params, grads, exp_avgs, exp_avg_sqs, block_axes, segment_counts,
+                            segment_rows, rows_per_block, weight_decays, rounding_seeds, step, lr, beta1, beta2, eps,
+                            stochastic_param=False):
+    _check_lengths("multi_adam_mini_update_", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                   block_axes=block_axes, segment_counts=segment_counts, weight_decays=weight_decays,
+                   rounding_seeds=rounding_seeds)
+    layouts = _multi_layouts(block_axes, segment_counts, segment_rows, rows_per_block)
+    statistics = _split(block_mean_sqs, grads, segment_counts, segment_rows, rows_per_block)
+    for param, grad, exp_avg, exp_avg_sq, (block_axis, rows, heights), weight_decay, seed, statistic in zip(
+        params, grads, exp_avgs, exp_avg_sqs, layouts, weight_decays, rounding_seeds, statistics
+    ):
+        adam_mini_reference.adam_mini_update_(
+            param, grad, exp_avg, exp_avg_sq, block_axis=block_axis, segment_rows=rows, rows_per_block=heights,
+            step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, rounding_seed=seed,
+            block_mean_sq=statistic, stochastic_param=stochastic_param,
+        )
+
+
+def _check_lengths(op: str, first, **lists) -> None:
+    """The kernels' check of a multi-tensor op's list lengths, for its reference: one entry per tensor in each."""
+    for name, values in lists.items():
+        if len(values) != len(first):
+            raise ValueError(f"lit_microopt: {op} got {len(first)} tensors but {len(values)} {name}; pass one entry "
+                             "per tensor in every list")
+
+
+def _multi_layouts(block_axes, segment_counts, segment_rows, rows_per_block) -> list[tuple[int, list[int], list[int]]]:
+    """(block_axis, segment_rows, rows_per_block) of every tensor of a multi-tensor op, from its int lists."""
+    layouts, start = [], 0
+    for block_axis, count in zip(block_axes, segment_counts):
+        layouts.append((block_axis, list(segment_rows[start : start + count]),
+                        list(rows_per_block[start : start + count])))
+        start += count
+    return layouts
+
+
+def _split(block_mean_sqs, grads, segment_counts, segment_rows, rows_per_block) -> list:
+    """``block_mean_sqs`` cut into every tensor's statistics (one entry per block)."""
+    layouts = _multi_layouts([0] * len(grads), segment_counts, segment_rows, rows_per_block)
+    counts = [sum(rows // height for rows, height in zip(rows_list, heights)) for _, rows_list, heights in layouts]
+    return list(block_mean_sqs.split(counts)) if counts else []
+
+
 def op_names(optimizer: str | None = None) -> tuple[str, ...]:
     """The names of every op, or of those ``optimizer`` (``"MicroAdam"``, ``"AdamMini"``) uses."""
     return tuple(name for name, op in OPS.items() if optimizer in (None, op.optimizer))

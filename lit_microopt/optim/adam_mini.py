@@ -16,11 +16,17 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from lit_microopt.ops import adam_mini_update_, block_mean_squares
+from lit_microopt.ops import (
+    adam_mini_update_,
+    block_mean_squares,
+    dispatch,
+    multi_adam_mini_update_,
+    multi_block_mean_squares_,
+)
 from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
@@ -97,6 +103,20 @@ def _check_not_flat_shard(name: str, param: torch.Tensor) -> None:
             f"AdamMini: {name} is a flattened shard (FSDP1 FlatParameter or DeepSpeed ZeRO), which cannot be cut "
             "into heads and rows; shard with FSDP2 (fully_shard, Lightning's ModelParallelStrategy) or train with DDP."
         )
+
+
+class _BatchLayout(NamedTuple):
+    """A parameter's blocks as the multi-tensor ops take them (a parameter one call can step with others)."""
+
+    block_axis: int
+    segment_rows: tuple[int, ...]
+    rows_per_block: tuple[int, ...]
+    n_blocks: int
+    weight_decay: bool
+
+
+#: The ops of the multi-tensor path: a device without kernels for both steps its tensors one by one.
+_MULTI_OPS = ("multi_block_mean_squares_", "multi_adam_mini_update_")
 
 
 class AdamMini(ExactStateOptimizer):
@@ -192,6 +212,12 @@ class AdamMini(ExactStateOptimizer):
         self.partition: dict[str, BlockLayout] = {}
         self._layouts: dict[torch.Tensor, BlockLayout] = {}
         self._shard_blocks: dict[torch.Tensor, ShardBlocks] = {}  # DTensor parameters (FSDP2): their local blocks
+        # Parameters the multi-tensor ops can step: whole tensors with more elements than blocks (element blocks
+        # keep AdamW's arithmetic, DTensors their shard's blocks and collectives, per tensor).
+        self._batch_layouts: dict[torch.Tensor, _BatchLayout] = {}
+        #: Whether a step batches its tensors into one op call per param group and step count (False: one by one,
+        #: the same results; the tests compare both).
+        self._multi_tensor = True
         self._constructed = False
         super().__init__(params, defaults)
         self._constructed = True
@@ -264,6 +290,12 @@ class AdamMini(ExactStateOptimizer):
             raise
         self.partition.update(added)
         self._layouts.update(zip(group["params"], added.values()))
+        self._batch_layouts.update(
+            (param, _BatchLayout(layout.block_axis, layout.segment_rows, layout.rows_per_block, layout.n_blocks,
+                                 layout.weight_decay))
+            for param, layout in zip(group["params"], added.values())
+            if not is_dtensor(param) and layout.n_blocks < param.numel()
+        )
         self._shard_blocks.update(sharded)
         if self._constructed:
             logger.info(summarize_partition(added))
@@ -379,24 +411,35 @@ class AdamMini(ExactStateOptimizer):
         """
         work = [(self.param_groups[index], name, param, position)
                 for index, name, param, position in self._parameters_with_gradients()]
+        everything = work
+        buckets, work = self._buckets(work)
         # The block statistics read only the gradients: computing them first lets a non-finite gradient stop
         # the step before anything changes, and makes the finiteness check nearly free.
+        batched_statistics = self._batched_statistics(buckets)
         block_mean_sqs = [self._block_mean_sq(param) for _, _, param, _ in work]
         sum_spanning_statistics([
             (blocks, stat) for (_, _, param, _), stat in zip(work, block_mean_sqs)
             if (blocks := self._shard_blocks.get(param)) is not None and blocks.spans and blocks.group is not None
         ])
-        if self.check_finite and work:
-            self._check_finite([(name, param.grad) for _, name, param, _ in work], block_mean_sqs)
-
-        owned_blocks = []  # (blocks, v) of DTensor parameters whose v entries the other ranks need
-        for (group, _, param, position), block_mean_sq in zip(work, block_mean_sqs):
+        if self.check_finite and (work or buckets):
+            self._check_finite([(name, param.grad) for _, name, param, _ in work], block_mean_sqs, [
+                ([(name, param.grad) for bucket in device_buckets for _, name, param, _ in bucket], statistics)
+                for device_buckets, statistics in batched_statistics
+            ])
+        # New states in the parameters' order, whichever path steps them (self.state keeps that order).
+        for group, _, param, position in everything:
             state = self.state[param]
             if not state:
                 state.update(self._new_state(param, group, seed=position))
             elif "rounding_seed" not in state and self._rounds_stochastically(param, group):
                 # param_rounding switched to "stochastic" after the first step: the seed a new state gets.
                 state["rounding_seed"] = torch.tensor(position, dtype=torch.int64)
+        for device_buckets, statistics in batched_statistics:
+            self._step_buckets(device_buckets, statistics)
+
+        owned_blocks = []  # (blocks, v) of DTensor parameters whose v entries the other ranks need
+        for (group, _, param, _), block_mean_sq in zip(work, block_mean_sqs):
+            state = self.state[param]
             state["step"] += 1
             layout = self._layouts[param]
             # A DTensor steps its local shard (its blocks; for local blocks, their slice of v).
@@ -419,6 +462,75 @@ class AdamMini(ExactStateOptimizer):
                 block_mean_sq=block_mean_sq, stochastic_param=rounds_parameter_stochastically(group, param),
             )
         share_local_blocks(owned_blocks)
+
+    def _buckets(self, work: list[tuple[dict[str, Any], str, torch.Tensor, int]]
+                 ) -> tuple[list[list[tuple[dict[str, Any], str, torch.Tensor, int]]], list]:
+        """``work`` split into the buckets of the multi-tensor path and the rest, which steps tensor by tensor.
+
+        A bucket is one op call: the parameters of one group, device and dtype whose step counts are equal (all of
+        them, normally). The step counts are read with one ``tolist``; nothing changes here.
+        """
+        if not self._multi_tensor or not work or dispatch.use_reference():
+            return [], work
+        kernels: dict[str, bool] = {}
+        batched, rest = [], []
+        for entry in work:
+            param = entry[2]
+            device_type = param.device.type
+            if device_type not in kernels:
+                kernels[device_type] = dispatch.compiled_available(device_type, _MULTI_OPS)
+            if param in self._batch_layouts and kernels[device_type] and param.is_contiguous():
+                batched.append(entry)
+            else:
+                rest.append(entry)
+        steps = [state["step"] for _, _, param, _ in batched if (state := self.state.get(param))]
+        counts = iter(torch.stack(steps).tolist() if steps else [])
+        buckets: dict[tuple[int, torch.device, torch.dtype, int], list] = {}
+        for entry in batched:
+            group, param = entry[0], entry[2]
+            count = next(counts) if self.state.get(param) else 0
+            buckets.setdefault((id(group), param.device, param.dtype, count), []).append(entry)
+        return list(buckets.values()), rest
+
+    def _batched_statistics(self, buckets: list[list]) -> list[tuple[list[list], torch.Tensor]]:
+        """The block statistics of every bucket, by device: (its buckets, one float32 tensor of their blocks in
+        order), one op call per device."""
+        by_device: dict[torch.device, list[list]] = {}
+        for bucket in buckets:
+            by_device.setdefault(bucket[0][2].device, []).append(bucket)
+        results = []
+        for device, device_buckets in by_device.items():
+            params = [param for bucket in device_buckets for _, _, param, _ in bucket]
+            layouts = [self._batch_layouts[param] for param in params]
+            statistics = torch.empty(sum(layout.n_blocks for layout in layouts), dtype=torch.float32, device=device)
+            multi_block_mean_squares_(statistics, [param.grad for param in params], **_layout_lists(layouts))
+            results.append((device_buckets, statistics))
+        return results
+
+    def _step_buckets(self, buckets: list[list], statistics: torch.Tensor) -> None:
+        """Steps 1 to 5 of every bucket of one device, one op call each; the step counts advance with one op."""
+        states = [[self.state[param] for _, _, param, _ in bucket] for bucket in buckets]
+        torch._foreach_add_([state["step"] for bucket_states in states for state in bucket_states], 1)
+        offset = 0
+        for bucket, bucket_states in zip(buckets, states):
+            group, param = bucket[0][0], bucket[0][2]
+            params = [param for _, _, param, _ in bucket]
+            layouts = [self._batch_layouts[param] for param in params]
+            # One dtype and state_dtype a bucket: whether a stream is needed is the same for all its tensors.
+            seeds = (torch.stack([state["rounding_seed"] for state in bucket_states]).tolist()
+                     if "rounding_seed" in bucket_states[0] else [0] * len(bucket))
+            beta1, beta2 = (float(beta) for beta in group["betas"])
+            weight_decay = float(group["weight_decay"])
+            blocks = sum(layout.n_blocks for layout in layouts)
+            multi_adam_mini_update_(
+                statistics.narrow(0, offset, blocks), params, [param.grad for param in params],
+                [state["exp_avg"] for state in bucket_states], [state["exp_avg_sq"] for state in bucket_states],
+                **_layout_lists(layouts),
+                weight_decays=[weight_decay if layout.weight_decay else 0.0 for layout in layouts],
+                rounding_seeds=seeds, step=int(bucket_states[0]["step"]), lr=float(group["lr"]), beta1=beta1,
+                beta2=beta2, eps=float(group["eps"]), stochastic_param=rounds_parameter_stochastically(group, param),
+            )
+            offset += blocks
 
     def _local_layout(self, param: torch.Tensor) -> BlockLayout:
         """The blocks this rank steps: the parameter's, or its local shard's for a DTensor."""
@@ -444,14 +556,17 @@ class AdamMini(ExactStateOptimizer):
 
     @staticmethod
     def _check_finite(
-        named_gradients: list[tuple[str, torch.Tensor]], block_mean_sqs: list[torch.Tensor | None]
+        named_gradients: list[tuple[str, torch.Tensor]], block_mean_sqs: list[torch.Tensor | None],
+        batched: Sequence[tuple[list[tuple[str, torch.Tensor]], torch.Tensor]] = (),
     ) -> None:
         """Raise ``FloatingPointError`` when a gradient holds a NaN or an infinity.
 
         A non-finite gradient makes the sum of its block statistics non-finite, so one tiny sum per tensor
         (one device sync) clears all the others; only the suspects (and single-element-block tensors, which
         have no statistic) get the exact element-wise check, whose error names them. A finite gradient so
-        large that its squares overflow is a suspect that passes the exact check.
+        large that its squares overflow is a suspect that passes the exact check. ``batched`` holds the
+        multi-tensor path's gradients with the one tensor of all their statistics: one sum for all of them,
+        whose gradients are all suspects when it is not finite.
         """
         # DTensor gradients are all checked exactly, the verdict shared by the ranks (every rank sees the same list).
         suspects = [(name, grad) for (name, grad), stat in zip(named_gradients, block_mean_sqs)
@@ -459,10 +574,13 @@ class AdamMini(ExactStateOptimizer):
         sums_by_device: dict[torch.device, list[tuple[tuple[str, torch.Tensor], torch.Tensor]]] = {}
         for named_gradient, stat in zip(named_gradients, block_mean_sqs):
             if stat is not None and not is_dtensor(named_gradient[1]):
-                sums_by_device.setdefault(stat.device, []).append((named_gradient, stat.sum()))
+                sums_by_device.setdefault(stat.device, []).append(([named_gradient], stat.sum()))
+        for batch_gradients, statistics in batched:
+            sums_by_device.setdefault(statistics.device, []).append((batch_gradients, statistics.sum()))
         for entries in sums_by_device.values():
             finite = torch.isfinite(torch.stack([total for _, total in entries])).tolist()
-            suspects.extend(named_gradient for (named_gradient, _), ok in zip(entries, finite) if not ok)
+            suspects.extend(named_gradient for (gradients, _), ok in zip(entries, finite) if not ok
+                            for named_gradient in gradients)
         if suspects:
             check_gradients_finite_everywhere("AdamMini", suspects)
 
@@ -494,6 +612,17 @@ class AdamMini(ExactStateOptimizer):
                 denominator = (state["exp_avg_sq"].sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
                 rates[name] = denominator.reciprocal_().mul_(lr / (1 - beta1**t))
         return rates
+
+
+def _layout_lists(layouts: Sequence[_BatchLayout]) -> dict[str, list[int]]:
+    """The layouts of a multi-tensor op's tensors as its int lists: block axes, segment counts, the segments' rows
+    and block heights, concatenated."""
+    return dict(
+        block_axes=[layout.block_axis for layout in layouts],
+        segment_counts=[len(layout.segment_rows) for layout in layouts],
+        segment_rows=[rows for layout in layouts for rows in layout.segment_rows],
+        rows_per_block=[height for layout in layouts for height in layout.rows_per_block],
+    )
 
 
 __all__ = ["AdamMini"]

@@ -158,27 +158,32 @@ def guarded(op_name: str):
     def call(*arguments):
         op = getattr(emulated_ops(), op_name)
         calls[op_name] = calls.get(op_name, 0) + 1
-        # Tensors are arguments or the entries of list arguments (the ops of a whole param group).
-        tensors = [(position, entry, tensor) for position, argument in enumerate(arguments)
-                   for entry, tensor in (enumerate(argument) if isinstance(argument, (list, tuple)) else [(None, argument)])
-                   if isinstance(tensor, torch.Tensor)]
-        if not all(tensor.is_contiguous() for _, _, tensor in tensors):
+        # Tensor lists (the multi-tensor ops) are guarded tensor by tensor.
+        flat = [(position, a) for position, argument in enumerate(arguments)
+                for a in (argument if isinstance(argument, (list, tuple)) else [argument])]
+        tensors = [a for _, a in flat if isinstance(a, torch.Tensor)]
+        if not all(tensor.is_contiguous() and tensor.device.type == "cpu" for tensor in tensors):
             return op(*arguments)  # refused by the op's checks before any kernel runs
-        copies = {(position, entry): _guarded_copy(tensor) for position, entry, tensor in tensors}
+        copied = {}
+        for _, a in flat:
+            if isinstance(a, torch.Tensor) and id(a) not in copied:
+                copied[id(a)] = _guarded_copy(a)
         guarded_arguments = [
-            [copies.get((position, entry), (value, None))[0] for entry, value in enumerate(argument)]
-            if isinstance(argument, (list, tuple)) else copies.get((position, None), (argument, None))[0]
-            for position, argument in enumerate(arguments)
+            [copied[id(a)][0] if isinstance(a, torch.Tensor) else a for a in argument]
+            if isinstance(argument, (list, tuple)) else (copied[id(argument)][0] if isinstance(argument, torch.Tensor)
+                                                         else argument)
+            for argument in arguments
         ]
         result = op(*guarded_arguments)
-        for position, entry, argument in tensors:
-            copy, buffer = copies[position, entry]
-            where = f"{position}" if entry is None else f"{position}[{entry}]"
+        for position, argument in flat:
+            if not isinstance(argument, torch.Tensor):
+                continue
+            copy, buffer = copied[id(argument)]
             for side, guard in (("before", buffer[:GUARD_BYTES]), ("after", buffer[-GUARD_BYTES:])):
                 written = int((guard != GUARD_VALUE).sum())
                 if written:
                     raise AssertionError(f"the emulated CUDA kernel of {op_name} wrote {written} bytes {side} its "
-                                         f"tensor argument {where}")
+                                         f"tensor argument {position}")
             if not torch.equal(copy, argument):
                 argument.copy_(copy)
         return result

@@ -351,6 +351,79 @@ def test_save_reload_continue_is_bit_identical(state_dtype):
     assert_identical(snapshot(resumed, resumed_optimizer), snapshot(uninterrupted, optimizer))
 
 
+def _mixed_model(kind: str, seed: int = 0) -> nn.Module:
+    if kind == "qwen2":  # heads, rows, norm scales, and biases (element blocks, stepped one by one)
+        return tiny_causal_lm("qwen2", seed=seed)
+    torch.manual_seed(seed)  # a fused [q; k; v] weight of three segments, biases, norms
+    return nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=48, dropout=0.0)
+
+
+def _mixed_backward(model: nn.Module, step: int) -> None:
+    if isinstance(model, nn.TransformerEncoderLayer):
+        generator = torch.Generator().manual_seed(2000 + step)
+        inputs = torch.randn(5, 2, 32, generator=generator).to(model.linear1.weight.dtype)
+        model(inputs).square().mean().backward()
+    else:
+        backward(model, step)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "fused-qkv"])
+@pytest.mark.parametrize(
+    "settings", [dict(), dict(state_dtype=torch.bfloat16), dict(dtype=torch.bfloat16, param_rounding="stochastic")],
+    ids=["float32", "m-bf16", "bf16-stochastic"],
+)
+def test_multi_tensor_path_equals_the_per_tensor_path_through_a_checkpoint(kind, settings, monkeypatch):
+    """The step batched into one op call per param group and step count gives the per-tensor path's bits, parameters
+    and every state tensor, over steps where one parameter skips a step (two step counts, two calls), through a
+    save, a reload and more steps."""
+    settings = dict(settings)
+    dtype = settings.pop("dtype", torch.float32)
+    calls = []
+    from lit_microopt.optim import adam_mini as adam_mini_module
+
+    counted = adam_mini_module.multi_adam_mini_update_
+    monkeypatch.setattr(adam_mini_module, "multi_adam_mini_update_",
+                        lambda *a, **k: (calls.append(len(a[1])), counted(*a, **k)))
+
+    def build(multi_tensor: bool, seed: int = 0):
+        model = _mixed_model(kind, seed).to(dtype)
+        named = list(model.named_parameters())
+        groups = [{"params": named[: len(named) // 2]}, {"params": named[len(named) // 2 :], "lr": 2e-3}]
+        optimizer = AdamMini(groups, lr=3e-3, weight_decay=0.1, n_heads=4, modules=dict(model.named_modules()),
+                             **settings)
+        optimizer._multi_tensor = multi_tensor
+        return model, optimizer
+
+    def train(model, optimizer, steps):
+        for step in steps:
+            optimizer.zero_grad()
+            _mixed_backward(model, step)
+            if step == 1:
+                next(model.parameters()).grad = None  # this parameter's step count falls behind the others'
+            optimizer.step()
+
+    batched_model, batched = build(True)
+    train(batched_model, batched, range(6))
+    assert calls and max(calls) > 1  # tensors were batched: one call for several of them
+    assert len(calls) <= 6 * 4  # at most one call per group and step count, whatever the number of tensors
+
+    model, per_tensor = build(False)
+    train(model, per_tensor, range(3))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": per_tensor.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    calls.clear()
+    resumed_model, resumed = build(True, seed=123)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed.load_state_dict(checkpoint["optimizer"])
+    train(resumed_model, resumed, range(3, 6))
+    assert calls
+    assert_identical(snapshot(resumed_model, resumed), snapshot(batched_model, batched))
+    train(model, per_tensor, range(3, 6))
+    assert_identical(snapshot(model, per_tensor), snapshot(batched_model, batched))
+
+
 def trained_state(**kwargs) -> dict:
     model = nn.ModuleDict({"q_proj": nn.Linear(8, 8), "norm": nn.LayerNorm(8)})
     optimizer = AdamMini(model.named_parameters(), **kwargs)
