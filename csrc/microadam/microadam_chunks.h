@@ -20,12 +20,13 @@ struct Chunk {
 };
 
 // Calls visit(chunk) for consecutive chunks covering a tensor of `numel` elements; each starts on a Top-K block
-// and a bucket boundary (a tensor shorter than lcm(block_size, bucket_size) is one chunk).
+// and a bucket boundary and holds about `chunk_elements` elements, at least lcm(block_size, bucket_size) (a
+// tensor shorter than that is one chunk).
 template <typename Visit>
 void for_each_chunk(int64_t numel, int64_t block_size, int64_t k_block, int64_t k_last, int64_t bucket_size,
-                    Visit&& visit) {
+                    Visit&& visit, int64_t chunk_elements = kChunkElements) {
   const int64_t unit = std::lcm(block_size, bucket_size);
-  const int64_t step = unit * std::max<int64_t>(1, kChunkElements / unit);
+  const int64_t step = unit * std::max<int64_t>(1, chunk_elements / unit);
   for (int64_t start = 0; start < numel; start += step) {
     const int64_t length = std::min(step, numel - start);
     const bool last = start + length == numel;

@@ -35,12 +35,17 @@ MAX_GRID_BLOCKS = 3
 #: Compiler flags: the package's C++ flags that bear on results (-ffp-contract=off: no fused multiply-add, as
 #: nvcc's --fmad=false), C++20 for the kernels' templated lambdas, and the emulation's own settings.
 BUILD_FLAGS = json.loads((CSRC / "build_flags.json").read_text())
+#: Elements of microadam_step_'s float32 scratch for 16-bit gradients, at most (256M on a GPU): small, so that the
+#: glue's passes over chunks of a list run on small tensors too.
+STEP_SCRATCH_ELEMENTS = 256
 CXX_FLAGS = [flag for flag in BUILD_FLAGS["cxx"] if flag != "-fopenmp"] + [
-    "-std=c++20", "-DLIT_MICROOPT_CUDA_EMULATION", f"-DLIT_MICROOPT_MAX_GRID_BLOCKS={MAX_GRID_BLOCKS}"]
+    "-std=c++20", "-DLIT_MICROOPT_CUDA_EMULATION", f"-DLIT_MICROOPT_MAX_GRID_BLOCKS={MAX_GRID_BLOCKS}",
+    f"-DLIT_MICROOPT_STEP_SCRATCH_ELEMENTS={STEP_SCRATCH_ELEMENTS}"]
 #: Ops of the self-test kernels (self_test_kernels.cu), which exercise the emulation itself.
 SELF_TEST_SCHEMAS = (
     "self_test(str kernel, Tensor(a!) out, int blocks, int threads) -> int",
     "configure(int poison_byte, bool os_threads) -> ()",
+    "launches() -> int",
 )
 
 _library: torch.library.Library | None = None
@@ -134,6 +139,12 @@ def configure(poison_byte: int = 0xFF, os_threads: bool = False) -> None:
     a previous kernel may leave behind, 0xFF makes every unwritten float a NaN), and OS threads instead of
     fibers (for ThreadSanitizer)."""
     emulated_ops().configure(poison_byte, os_threads)
+
+
+def launches() -> int:
+    """Kernel launches the emulated GPU has run (or refused) since the build was loaded: a test compares two
+    readings to count an op's launches."""
+    return int(emulated_ops().launches())
 
 
 #: How often each op ran through :func:`guarded` (so that a test can see the emulated kernels were used).

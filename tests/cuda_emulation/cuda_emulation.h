@@ -66,6 +66,9 @@ uint64_t exchange(unsigned mask, uint64_t value, unsigned source_lane, const cha
 // block's threads run as OS threads instead of fibers.
 void configure(int poison_byte, bool os_threads);
 
+// Launches run (or refused) so far: what the tests read to count an op's launches.
+int64_t launch_count();
+
 // The result of `cuda_emulation::launch(&kernel, grid, block, ...)`: called with the kernel's arguments,
 // copies them as a launch does and runs the grid.
 template <typename... Params>

@@ -31,6 +31,7 @@ constexpr size_t kFiberStackBytes = 128 * 1024;
 int poison = 0xff;
 bool use_os_threads = false;
 cudaError_t pending = cudaSuccess;
+int64_t launches = 0;  // launches run or refused, for the tests that count an op's launches
 thread_local ThreadContext* running = nullptr;
 
 // Where a fiber waits.
@@ -325,6 +326,8 @@ void configure(int poison_byte, bool os_threads) {
   use_os_threads = os_threads;
 }
 
+int64_t launch_count() { return launches; }
+
 void record_error(cudaError_t error) {
   if (error != cudaSuccess) pending = error;
 }
@@ -396,6 +399,7 @@ void* shared_storage(const void* site, size_t bytes, size_t alignment) {
 }
 
 cudaError_t run_grid(dim3 grid, dim3 shape, size_t dynamic_shared_bytes, const std::function<void()>& body) {
+  ++launches;
   const uint64_t threads = uint64_t{shape.x} * shape.y * shape.z;
   const bool valid_block = shape.x >= 1 && shape.y >= 1 && shape.z >= 1 && shape.x <= 1024 && shape.y <= 1024 &&
                            shape.z <= 64 && threads <= kMaxThreadsPerBlock;

@@ -9,6 +9,7 @@ cudaError_t run_self_test(const char* name, void* out, int64_t numel, int blocks
 
 namespace cuda_emulation {
 void configure(int poison_byte, bool os_threads);
+int64_t launch_count();
 }  // namespace cuda_emulation
 
 namespace {
@@ -23,7 +24,12 @@ void configure(int64_t poison_byte, bool os_threads) {
   cuda_emulation::configure(static_cast<int>(poison_byte), os_threads);
 }
 
+int64_t launches() { return cuda_emulation::launch_count(); }
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lit_microopt_emulated, CPU, m) { m.impl("self_test", &self_test); }
-TORCH_LIBRARY_IMPL(lit_microopt_emulated, CompositeExplicitAutograd, m) { m.impl("configure", &configure); }
+TORCH_LIBRARY_IMPL(lit_microopt_emulated, CompositeExplicitAutograd, m) {
+  m.impl("configure", &configure);
+  m.impl("launches", &launches);
+}

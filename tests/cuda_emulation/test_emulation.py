@@ -122,7 +122,7 @@ def test_optimizers_step_through_the_emulated_kernels_within_the_context(emulate
     monkeypatch.setenv("LIT_MICROOPT_BACKEND", "compiled")
     param = torch.nn.Parameter(torch.randn(300))
     optimizer = MicroAdam([param], density=0.1, block_size=64, quant_bucket_size=16)
-    counted = ("ef_compress_", "window_adam_update_")
+    counted = ("microadam_step_",)  # a step is one call of it per param group
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the override of the CPU kernels is announced
         with cuda_emulation.EmulatedKernelsOnCpu():

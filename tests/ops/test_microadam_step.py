@@ -20,17 +20,19 @@ NUMELS = [1, 7, 16, 33, 100, 517]
 SHAPES = {100: (10, 10), 517: (11, 47), 3000: (30, 100)}
 
 
-def tensor_lists(numels, dtype, block_size, density, bucket_size, generator, steps=None, seeds=None):
+def tensor_lists(numels, dtype, block_size, density, bucket_size, generator, steps=None, seeds=None, dtypes=None):
     """A list of tensors and their states as the optimizer keeps them: random parameters, gradients, error feedback
-    and window contents, each tensor at its own step count."""
+    and window contents, each tensor at its own step count; parameters and gradients of ``dtype``, or of tensor
+    ``i``'s pair ``dtypes[i] = (param dtype, grad dtype)``."""
     k_block = ops.TopKLayout.of(block_size, block_size, density).k_block
     lists = {key: [] for key in ("params", "grads", "window_indices", "window_values", "error_feedback",
                                  "bucket_min", "bucket_max", "steps", "seeds")}
     for index, numel in enumerate(numels):
         layout = ops.TopKLayout.of(numel, block_size, density)
         shape = SHAPES.get(numel, (numel,))  # any shape: the op reads a tensor's elements in order
-        lists["params"].append(torch.randn(shape, generator=generator).to(dtype))
-        lists["grads"].append(torch.randn(shape, generator=generator).to(dtype))
+        param_dtype, grad_dtype = dtypes[index] if dtypes else (dtype, dtype)
+        lists["params"].append(torch.randn(shape, generator=generator).to(param_dtype))
+        lists["grads"].append(torch.randn(shape, generator=generator).to(grad_dtype))
         window_indices = torch.zeros(M, layout.k, dtype=torch.int16)
         window_values = torch.zeros(M, layout.k, dtype=torch.bfloat16)
         for row in range(M):
@@ -85,17 +87,104 @@ def test_a_list_steps_as_the_reference_steps_each_tensor(target, dtype, bucket_s
     steps = [0, 1, 2, 3, 7, 0]
     seeds = [0, 5, -1, 2**40 + 3, 2**63 - 1, 77]
     lists, k_block = tensor_lists(NUMELS, dtype, 16, 0.25, bucket_size, generator, steps, seeds)
+    options = settings(k_block, 16, bucket_size, stochastic=stochastic, stochastic_param=stochastic_param)
+    actual = assert_steps_as_the_reference(target, lists, options, generator)
+    assert [int(step) for step in actual["steps"]] == [step + 4 for step in steps]
+
+
+def assert_steps_as_the_reference(target, lists, options, generator, count=4):
+    """``count`` steps of the op on ``target`` and of the reference on CPU copies, each with new random gradients:
+    every parameter and state tensor equal bit for bit after each step. Returns the target's lists."""
     expected, actual = clone(lists), on(target.device, lists)
-    for _ in range(4):
-        gradients = [torch.randn(g.shape, generator=generator).to(dtype) for g in lists["grads"]]
+    for _ in range(count):
+        gradients = [torch.randn(g.shape, generator=generator).to(g.dtype) for g in lists["grads"]]
         for grad, expected_grad, new in zip(actual["grads"], expected["grads"], gradients):
             grad.copy_(new)
             expected_grad.copy_(new)
-        options = settings(k_block, 16, bucket_size, stochastic=stochastic, stochastic_param=stochastic_param)
         reference.microadam_step_(*expected.values(), **options)
         run_op(target, actual, options)
         assert_lists_equal(actual, expected)
-    assert [int(step) for step in actual["steps"]] == [step + 4 for step in steps]
+    return actual
+
+
+#: Many tensors, more than the emulated GPU's 3 blocks a launch and with more Top-K blocks in all than any one:
+#: single elements, partial, whole and several blocks, an empty tensor, and two tensors larger than the emulated
+#: GPU's float32 scratch for 16-bit gradients (so the CUDA glue cuts them into chunks over several passes).
+MANY_NUMELS = [1, 300, 1, 2, 15, 16, 17, 0, 47, 48, 49, 1, 96, 100, 131, 1, 700, 5, 33, 64, 1, 250, 3, 517]
+
+
+@pytest.mark.parametrize("bucket_size", [16, 6], ids=["blocks-of-whole-buckets", "straddling"])
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_many_tensors_of_mixed_sizes_step_as_the_reference(target, grad_dtype, bucket_size):
+    """A long list of tensors of every size, both bucket layouts (block_size a multiple of bucket_size, and not),
+    float32, bfloat16 and float16 gradients (the accumulator float32 whatever the gradient's dtype), each tensor at
+    its own step count with stochastic roundings: equal to the reference bit for bit."""
+    require_kernels(target)
+    generator = torch.Generator().manual_seed(bucket_size + len(str(grad_dtype)))
+    steps = [index % 5 for index in range(len(MANY_NUMELS))]
+    param_dtype = torch.float32 if grad_dtype == torch.float32 else torch.bfloat16
+    lists, k_block = tensor_lists(MANY_NUMELS, None, 16, 0.25, bucket_size, generator, steps,
+                                  dtypes=[(param_dtype, grad_dtype)] * len(MANY_NUMELS))
+    options = settings(k_block, 16, bucket_size, stochastic=True, stochastic_param=True)
+    assert_steps_as_the_reference(target, lists, options, generator, count=3)
+
+
+def test_a_list_of_mixed_dtypes_steps_as_the_reference(target):
+    """Parameters and gradients of every dtype pair within one list (the op allows it; the CUDA kernels choose each
+    tensor's element type as they reach it, in one launch)."""
+    require_kernels(target)
+    generator = torch.Generator().manual_seed(11)
+    all_dtypes = [torch.float32, torch.bfloat16, torch.float16]
+    pairs = [(param, grad) for param in all_dtypes for grad in all_dtypes]
+    numels = [1, 40, 17, 100, 3, 64, 33, 200, 9]
+    lists, k_block = tensor_lists(numels, None, 16, 0.25, 6, generator, [2] * len(numels), dtypes=pairs)
+    options = settings(k_block, 16, 6, stochastic=True, stochastic_param=True)
+    assert_steps_as_the_reference(target, lists, options, generator, count=2)
+
+
+def emulated_launches(target, lists, options) -> int:
+    """The kernel launches of one call of the op on the emulated GPU."""
+    from tests import cuda_emulation
+
+    before = cuda_emulation.launches()
+    run_op(target, lists, options)
+    return cuda_emulation.launches() - before
+
+
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("weight_decay", [0.1, 0.0], ids=["decay", "no-decay"])
+def test_the_cuda_glue_launches_each_kernel_once_per_call(target, grad_dtype, weight_decay):
+    """On the emulated GPU, a call launches its kernels once for the whole list, however many tensors it holds:
+    four for steps 2 to 5, and the window update (with the decay's kernel before it when weight_decay > 0)."""
+    if not target.emulated:
+        pytest.skip("the emulated GPU counts launches")
+    from tests import cuda_emulation
+
+    generator = torch.Generator().manual_seed(3)
+    expected = 4 + (2 if weight_decay > 0 else 1)
+    for numels in ([33], [1, 7, 16, 33, 1, 5, 2, 9, 30, 1, 12, 40, 3, 1, 8, 19, 1, 2, 6, 20]):
+        assert sum(numels) <= cuda_emulation.STEP_SCRATCH_ELEMENTS  # one pass of the scratch for 16-bit gradients
+        lists, k_block = tensor_lists(numels, grad_dtype, 16, 0.25, 16, generator, steps=[1] * len(numels))
+        assert emulated_launches(target, lists, settings(k_block, 16, 16, weight_decay=weight_decay)) == expected
+
+
+def test_16_bit_gradients_beyond_the_scratch_take_one_pass_per_scratch_full(target):
+    """16-bit gradients of more elements than the glue's float32 scratch holds: steps 2 to 5 run in passes of four
+    launches, each over as many whole chunks as fit, and the result is still the reference's."""
+    if not target.emulated:
+        pytest.skip("the emulated GPU counts launches")
+    from tests import cuda_emulation
+
+    scratch = cuda_emulation.STEP_SCRATCH_ELEMENTS
+    generator = torch.Generator().manual_seed(4)
+    # Three tensors of three quarters of the scratch each: a pass holds one, so three passes.
+    numels = [3 * scratch // 4] * 3
+    lists, k_block = tensor_lists(numels, torch.bfloat16, 16, 0.25, 16, generator, steps=[0, 1, 2])
+    options = settings(k_block, 16, 16)
+    expected = clone(lists)
+    assert emulated_launches(target, lists, options) == 3 * 4 + 2
+    reference.microadam_step_(*expected.values(), **options)
+    assert_lists_equal(lists, expected)
 
 
 def test_the_op_equals_the_optimizer_step_by_step_ops(target):
