@@ -8,6 +8,8 @@ the reference; the Top-K block layout travels as a :class:`TopKLayout`.
 
 from __future__ import annotations
 
+import torch
+
 from lit_microopt.ops import dispatch
 from lit_microopt.ops.dispatch import compiled_available, kernels_report
 from lit_microopt.ops.reference import adam_mini as _adam_mini_reference
@@ -50,6 +52,14 @@ def window_adam_update_(param, window_indices, window_values, row_weights1, row_
     dispatch.run("window_adam_update_", param, window_indices, window_values, row_weights1, row_weights2,
                  layout.block_size, layout.k_block, c1, c2, eps, lr, weight_decay, stochastic_param, param_key,
                  decay_key)
+
+
+def max_magnitudes(tensors) -> torch.Tensor:
+    """The largest magnitude of every tensor of a list (float32, bfloat16 or float16, on one device), as a float32
+    tensor on that device: a NaN where a tensor holds one (a NaN propagates), 0 for an empty tensor."""
+    out = torch.empty(len(tensors), dtype=torch.float32, device=tensors[0].device if tensors else "cpu")
+    dispatch.run("max_magnitudes_", out, [tensor.contiguous() for tensor in tensors])  # no copy when contiguous
+    return out
 
 
 def microadam_step_(params, grads, window_indices, window_values, error_feedback, bucket_min, bucket_max, steps, seeds,
@@ -120,6 +130,7 @@ __all__ = [
     "ef_dequant_add_",
     "ef_quantize_",
     "kernels_report",
+    "max_magnitudes",
     "microadam_step_",
     "multi_adam_mini_update_",
     "multi_block_mean_squares_",

@@ -140,6 +140,17 @@ def microadam_step_(params, grads, window_indices, window_values, error_feedback
     )
 
 
+# The checks before a step (finite gradients, an error feedback in range) read the largest magnitude of many tensors:
+# one call per device, whatever their number and dtypes.
+@_define("MicroAdam", "max_magnitudes_(Tensor(a!) out, Tensor[] tensors) -> ()")
+def max_magnitudes_(out, tensors):
+    if len(tensors) != out.numel():
+        raise ValueError(f"lit_microopt: out must hold one entry per tensor ({len(tensors)}), got {out.numel()}")
+    # A NaN propagates through abs and amax: an entry is finite exactly when its tensor is.
+    for index, tensor in enumerate(tensors):
+        out[index] = tensor.abs().amax() if tensor.numel() else 0.0
+
+
 @_define("AdamMini", "adam_mini_update_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor row_denominator, "
                      "int block_axis, float step_size, float beta1, float lr, float weight_decay, bool stochastic, "
                      "int key, bool stochastic_param=False, int param_key=0, int decay_key=0) -> ()")

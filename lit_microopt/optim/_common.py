@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from lit_microopt import ops
+
 SUPPORTED_PARAMETER_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: How a bfloat16 or float16 parameter's new value is rounded to its dtype (``param_rounding``, per param group):
 #: to nearest, or stochastically (unbiased), so that updates below half an ulp still move it on average.
@@ -81,53 +83,21 @@ def check_gradients_finite(owner: str, named_gradients: Sequence[tuple[str, torc
     """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity; else return the largest
     magnitude of each gradient, by name.
 
-    One device synchronisation per device, whatever the number of tensors.
+    One op call (:func:`lit_microopt.ops.max_magnitudes`) and one device synchronisation per device, whatever the
+    number of tensors.
     """
-    extremes_by_device: dict[torch.device, list[torch.Tensor]] = {}
-    names_by_device: dict[torch.device, list[str]] = {}
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
     for name, grad in named_gradients:
-        extremes_by_device.setdefault(grad.device, []).extend(gradient_extremes(grad))
-        names_by_device.setdefault(grad.device, []).append(name)
-    bad, magnitudes = [], {}
-    for device, extremes in extremes_by_device.items():
-        # Stacked in float32 (gradients of several dtypes): a float16 or bfloat16 extreme stays finite there.
-        # A NaN propagates through abs and amax, so a magnitude is finite exactly when every element is.
-        largest = torch.stack([value.float() for value in extremes]).abs().view(-1, 2).amax(dim=1).tolist()
-        for name, magnitude in zip(names_by_device[device], largest):
-            magnitudes[name] = magnitude
-            if not math.isfinite(magnitude):
-                bad.append(name)
+        by_device.setdefault(grad.device, []).append((name, grad))
+    magnitudes = {}
+    for entries in by_device.values():
+        # A NaN propagates into the largest magnitude: it is finite exactly when every element is.
+        largest = ops.max_magnitudes([grad for _, grad in entries]).tolist()
+        magnitudes.update((name, magnitude) for (name, _), magnitude in zip(entries, largest))
+    bad = [name for name, _ in named_gradients if not math.isfinite(magnitudes[name])]
     if bad:
         raise non_finite_gradient_error(owner, bad)
     return magnitudes
-
-
-def gradient_magnitude_bounds(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]) -> dict[str, float]:
-    """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity; else return, by name, an
-    upper bound of each gradient's largest magnitude: its 2-norm.
-
-    Cheaper than :func:`check_gradients_finite`: one ``torch._foreach_norm`` per device and dtype (a vectorised sum of
-    squares) and one device synchronisation per device. A NaN or an infinity propagates into the norm, so a finite
-    norm clears its gradient; only gradients whose norm is not finite (which may also be a sum of squares that
-    overflows, a float16 one above 65504) get the exact check, which names those that hold one, and return their
-    largest magnitude itself.
-    """
-    by_device: dict[torch.device, dict[torch.dtype, list[tuple[str, torch.Tensor]]]] = {}
-    bounds = {}
-    for name, grad in named_gradients:
-        if grad.numel() == 0:
-            bounds[name] = 0.0
-        else:
-            by_device.setdefault(grad.device, {}).setdefault(grad.dtype, []).append((name, grad))
-    for by_dtype in by_device.values():
-        entries = [entry for same_dtype in by_dtype.values() for entry in same_dtype]
-        norms = torch.cat([torch.stack(torch._foreach_norm([grad for _, grad in same_dtype], 2)).float()
-                           for same_dtype in by_dtype.values()])
-        bounds.update((name, norm) for (name, _), norm in zip(entries, norms.tolist()))
-    suspects = [(name, grad) for name, grad in named_gradients if not math.isfinite(bounds[name])]
-    if suspects:
-        bounds.update(check_gradients_finite(owner, suspects))
-    return bounds
 
 
 def gradient_extremes(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

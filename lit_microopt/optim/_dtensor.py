@@ -21,12 +21,7 @@ from typing import Any
 
 import torch
 
-from lit_microopt.optim._common import (
-    check_gradients_finite,
-    gradient_extremes,
-    gradient_magnitude_bounds,
-    non_finite_gradient_error,
-)
+from lit_microopt.optim._common import check_gradients_finite, gradient_extremes, non_finite_gradient_error
 from lit_microopt.optim.partition import BlockLayout, shard_layout
 
 try:
@@ -254,11 +249,10 @@ def _non_finite(tensor: torch.Tensor) -> torch.Tensor:
     return (~torch.isfinite(extremes).all()).float()
 
 
-def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]],
-                                      bounds_only: bool = False) -> dict[str, float]:
+def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tuple[str, torch.Tensor]]
+                                      ) -> dict[str, float]:
     """Raise ``FloatingPointError`` naming every gradient that holds a NaN or an infinity, on every rank alike;
-    else return the largest magnitude of every whole (not sharded) gradient, by name (with ``bounds_only``, an upper
-    bound of it, which is cheaper: :func:`~lit_microopt.optim._common.gradient_magnitude_bounds`).
+    else return the largest magnitude of every whole (not sharded) gradient, by name.
 
     Whole gradients are checked as :func:`~lit_microopt.optim._common.check_gradients_finite` does. For DTensor
     gradients each rank checks its shard and the verdicts are combined over each mesh, so that a NaN in one rank's
@@ -266,7 +260,7 @@ def check_gradients_finite_everywhere(owner: str, named_gradients: Sequence[tupl
     """
     whole = [(name, grad) for name, grad in named_gradients if not is_dtensor(grad)]
     sharded = [(name, grad) for name, grad in named_gradients if is_dtensor(grad)]
-    magnitudes = (gradient_magnitude_bounds if bounds_only else check_gradients_finite)(owner, whole) if whole else {}
+    magnitudes = check_gradients_finite(owner, whole) if whole else {}
     if not sharded:
         return magnitudes
     by_mesh: dict[Any, list[tuple[str, torch.Tensor]]] = {}

@@ -20,7 +20,6 @@ from lit_microopt.optim._common import (
     SUPPORTED_PARAMETER_DTYPES,
     ExactStateOptimizer,
     check_common_hyperparameters,
-    check_gradients_finite,
     rounds_parameter_stochastically,
 )
 from lit_microopt.optim._dtensor import (
@@ -285,7 +284,7 @@ class MicroAdam(ExactStateOptimizer):
         work = [entry for entry in self._parameters_with_gradients() if entry[2].numel() > 0]
         named_gradients = [(name, param.grad) for _, name, param, _ in work]
         if self.check_finite and named_gradients:
-            magnitudes = check_gradients_finite_everywhere("MicroAdam", named_gradients, bounds_only=True)
+            magnitudes = check_gradients_finite_everywhere("MicroAdam", named_gradients)
             self._check_accumulator_range(work, magnitudes)
 
         collect = self._telemetry_requested
@@ -352,30 +351,21 @@ class MicroAdam(ExactStateOptimizer):
                    if name in gradient_magnitudes]
         # The error feedback's largest magnitude is in its bucket ranges (d / q values each): one small reduction
         # per device. A parameter's first step has no error feedback yet.
-        ranges = {(name, key): self.state[param][key] for name, param, _ in entries if param in self.state
-                  and self.state[param] for key in ("bucket_min", "bucket_max")}
-        by_device: dict[torch.device, list[tuple[str, str]]] = {}
-        for label, tensor in ranges.items():
-            by_device.setdefault(tensor.device, []).append(label)
+        ranges = [(name, self.state[param][key]) for name, param, _ in entries if self.state.get(param)
+                  for key in ("bucket_min", "bucket_max")]
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+        for name, tensor in ranges:
+            by_device.setdefault(tensor.device, []).append((name, tensor))
         feedback: dict[str, float] = {}
-        for labels in by_device.values():
-            norms = torch._foreach_norm([ranges[label] for label in labels], float("inf"))
-            for (name, _), value in zip(labels, torch.stack(norms).float().tolist()):
+        for labelled in by_device.values():
+            for (name, _), value in zip(labelled, ops.max_magnitudes([tensor for _, tensor in labelled]).tolist()):
                 feedback[name] = max(feedback.get(name, 0.0), value)
-        def over_limit(magnitudes: dict[str, float], candidates: list) -> list[tuple[str, torch.Tensor, float, float]]:
-            found = []
-            for name, param, m in candidates:
-                bound, limit = magnitudes[name] + feedback.get(name, 0.0), math.sqrt(torch.finfo(torch.float32).max / m)
-                if not bound < limit:
-                    found.append((name, param, bound, limit))
-            return found
-
-        suspects = over_limit(gradient_magnitudes, entries)
-        if suspects:  # the magnitudes may be bounds (2-norms): the suspects' exact largest magnitudes decide
-            exact = check_gradients_finite("MicroAdam", [(name, param.grad) for name, param, _, _ in suspects])
-            by_name = {name: m for name, _, m in entries}
-            suspects = over_limit(exact, [(name, param, by_name[name]) for name, param, _, _ in suspects])
-        too_large = [f"{name} ({bound:.3g} > {limit:.3g})" for name, _, bound, limit in suspects]
+        too_large = []
+        for name, _, m in entries:
+            bound = gradient_magnitudes[name] + feedback.get(name, 0.0)
+            limit = math.sqrt(torch.finfo(torch.float32).max / m)
+            if not bound < limit:
+                too_large.append(f"{name} ({bound:.3g} > {limit:.3g})")
         if too_large:
             raise FloatingPointError(
                 "MicroAdam: gradient plus error feedback too large for the window's float32 statistics in "
