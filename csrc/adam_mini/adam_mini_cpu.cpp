@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../common/cpu_rounding.h"
+#include "../common/cpu_tensor_tasks.h"
 #include "adam_mini_checks.h"
 #include "adam_mini_math.h"
 #include "adam_mini_multi.h"
@@ -55,76 +56,6 @@ LMO_CPU_CLONES void update_row(param_t* p, const param_t* g, moment_t* m, const 
   }
 }
 
-template <typename param_t, typename moment_t, bool Decays, bool StochasticMoment, bool StochasticParam>
-void update(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, const at::Tensor& row_denominator,
-            int64_t block_axis, const Hyperparameters& h) {
-  param_t* p = param.data_ptr<param_t>();
-  const param_t* g = grad.data_ptr<param_t>();
-  moment_t* m = exp_avg.data_ptr<moment_t>();
-  const float* denominators = row_denominator.data_ptr<float>();
-  const int64_t rows = row_denominator.numel();
-  // The matrix is (rows, width) for block_axis 0 and (width, rows) for block_axis 1: walk it by its own rows,
-  // so that the inner loop is contiguous and its denominator is one number (axis 0) or a contiguous run.
-  const int64_t outer = block_axis == 0 ? rows : param.numel() / rows;
-  const int64_t width = param.numel() / outer;
-  at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / width), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      update_row<param_t, moment_t, Decays, StochasticMoment, StochasticParam>(
-          p, g, m, block_axis == 0 ? denominators + r : denominators, r * width, width, block_axis == 0, h);
-    }
-  });
-}
-
-// update with the choices of `h` as template arguments. param_rounding="stochastic" rounds a 16-bit p
-// stochastically, each rounding with its own stream; a float32 p has nothing to round.
-template <typename param_t, typename moment_t>
-void update_with_choices(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg,
-                         const at::Tensor& row_denominator, int64_t block_axis, const Hyperparameters& h) {
-  auto run = [&]<bool Decays, bool StochasticMoment, bool StochasticParam>() {
-    update<param_t, moment_t, Decays, StochasticMoment, StochasticParam>(param, grad, exp_avg, row_denominator,
-                                                                         block_axis, h);
-  };
-  auto with_param = [&]<bool Decays, bool StochasticMoment>() {
-    if constexpr (std::is_same_v<param_t, float>) {
-      run.template operator()<Decays, StochasticMoment, false>();
-    } else if (h.stochastic_param) {
-      run.template operator()<Decays, StochasticMoment, true>();
-    } else {
-      run.template operator()<Decays, StochasticMoment, false>();
-    }
-  };
-  auto with_moment = [&]<bool Decays>() {
-    if (h.stochastic) {
-      with_param.template operator()<Decays, true>();
-    } else {
-      with_param.template operator()<Decays, false>();
-    }
-  };
-  if (h.decays) {
-    with_moment.template operator()<true>();
-  } else {
-    with_moment.template operator()<false>();
-  }
-}
-
-void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
-                          const at::Tensor& row_denominator, int64_t block_axis, double step_size, double beta1,
-                          double lr, double weight_decay, bool stochastic, int64_t key, bool stochastic_param,
-                          int64_t param_key, int64_t decay_key) {
-  check_kernel_device(param, "param", at::kCPU);
-  check_arguments(param, grad, exp_avg, row_denominator, block_axis);
-  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key, stochastic_param,
-                                                 param_key, decay_key);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "adam_mini_update_", [&] {
-    using param_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, exp_avg.scalar_type(), "adam_mini_update_", [&] {
-      update_with_choices<param_t, scalar_t>(param, grad, exp_avg, row_denominator, block_axis, h);
-    });
-  });
-}
-
-// -- multi-tensor ops: one call per param group ------------------------------------------------------------
-
 void multi_block_mean_squares_cpu(at::Tensor block_mean_sqs, at::TensorList grads, at::IntArrayRef block_axes,
                                   at::IntArrayRef segment_counts, at::IntArrayRef segment_rows,
                                   at::IntArrayRef rows_per_block) {
@@ -139,8 +70,8 @@ void multi_block_mean_squares_cpu(at::Tensor block_mean_sqs, at::TensorList grad
   }
 }
 
-// One tensor of the element-wise pass: its pointers, its block matrix walked by its own rows (as `update` does),
-// its constants, and the instantiation of update_row for its choices.
+// One tensor of the element-wise pass: its pointers, its block matrix walked by its own rows, its constants, and
+// the instantiation of update_row for its choices. The per-tensor op is a list of one.
 struct RowsWork;
 using RowsFunction = void (*)(const RowsWork&, int64_t, int64_t);
 
@@ -192,6 +123,49 @@ RowsFunction rows_function(const Hyperparameters& h) {
   return chosen;
 }
 
+// The element-wise pass of one tensor, whose `rows` block rows have one denominator each.
+template <typename param_t, typename moment_t>
+RowsWork rows_work(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                   const float* row_denominators, int64_t rows, int64_t block_axis, const Hyperparameters& h) {
+  // The matrix is (rows, width) for block_axis 0 and (width, rows) for block_axis 1: walk it by its own rows,
+  // so that the inner loop is contiguous and its denominator is one number (axis 0) or a contiguous run.
+  const int64_t numel = param.numel();
+  const int64_t outer = block_axis == 0 ? rows : numel / rows;
+  const int64_t width = numel / outer;
+  // Chunks of about 16384 elements (whole rows).
+  const int64_t rows_per_chunk = std::max<int64_t>(1, 16384 / width);
+  return {param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), row_denominators, outer, width, rows_per_chunk,
+          block_axis == 0, h, rows_function<param_t, moment_t>(h)};
+}
+
+// Steps 1, 2, 4 and 5 of every tensor of `work` in one parallel loop over (tensor, chunk of rows).
+void run_rows(const std::vector<RowsWork>& work) {
+  std::vector<int64_t> chunks;
+  for (const RowsWork& item : work) chunks.push_back((item.outer + item.rows_per_chunk - 1) / item.rows_per_chunk);
+  parallel_for_tensor_units(chunks, [&](size_t tensor, int64_t chunk) {
+    const RowsWork& item = work[tensor];
+    const int64_t row_begin = chunk * item.rows_per_chunk;
+    item.rows(item, row_begin, std::min(row_begin + item.rows_per_chunk, item.outer));
+  });
+}
+
+void adam_mini_update_cpu(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg,
+                          const at::Tensor& row_denominator, int64_t block_axis, double step_size, double beta1,
+                          double lr, double weight_decay, bool stochastic, int64_t key, bool stochastic_param,
+                          int64_t param_key, int64_t decay_key) {
+  check_kernel_device(param, "param", at::kCPU);
+  check_arguments(param, grad, exp_avg, row_denominator, block_axis);
+  const Hyperparameters h = make_hyperparameters(step_size, beta1, lr, weight_decay, stochastic, key, stochastic_param,
+                                                 param_key, decay_key);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, param.scalar_type(), "adam_mini_update_", [&] {
+    using param_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, exp_avg.scalar_type(), "adam_mini_update_", [&] {
+      run_rows({rows_work<param_t, scalar_t>(param, grad, exp_avg, row_denominator.data_ptr<float>(),
+                                             row_denominator.numel(), block_axis, h)});
+    });
+  });
+}
+
 void multi_adam_mini_update_cpu(const at::Tensor& block_mean_sqs, at::TensorList params, at::TensorList grads,
                                 at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::IntArrayRef block_axes,
                                 at::IntArrayRef segment_counts, at::IntArrayRef segment_rows,
@@ -219,7 +193,6 @@ void multi_adam_mini_update_cpu(const at::Tensor& block_mean_sqs, at::TensorList
   }
   std::vector<float> spread(spread_rows);
   std::vector<RowsWork> work;
-  std::vector<int64_t> first_chunk{0};  // work item w owns chunks [first_chunk[w], first_chunk[w + 1])
   float* next_spread = spread.data();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[0].scalar_type(), op, [&] {
     using param_t = scalar_t;
@@ -239,29 +212,13 @@ void multi_adam_mini_update_cpu(const at::Tensor& block_mean_sqs, at::TensorList
         }
         const Hyperparameters h = multi_hyperparameters(params[i], exp_avgs[i], step, lr, beta1, weight_decays[i],
                                                         rounding_seeds[i], stochastic_param);
-        const int64_t numel = params[i].numel();
-        const int64_t outer = layout.block_axis == 0 ? layout.rows : numel / layout.rows;
-        const int64_t width = numel / outer;
-        // Chunks of about 16384 elements (whole rows), the grain of the per-tensor kernel.
-        const int64_t rows_per_chunk = std::max<int64_t>(1, 16384 / width);
-        work.push_back({params[i].data_ptr(), contiguous_grads[i].data_ptr(), exp_avgs[i].data_ptr(),
-                        row_denominators, outer, width, rows_per_chunk, layout.block_axis == 0, h,
-                        rows_function<param_t, scalar_t>(h)});
-        first_chunk.push_back(first_chunk.back() + (outer + rows_per_chunk - 1) / rows_per_chunk);
+        work.push_back(rows_work<param_t, scalar_t>(params[i], contiguous_grads[i], exp_avgs[i], row_denominators,
+                                                    layout.rows, layout.block_axis, h));
       }
     });
   });
-  // Steps 1, 2, 4 and 5 of every tensor in one parallel loop over (tensor, chunk of rows): small tensors share a
-  // thread-pool wake-up instead of paying one each.
-  at::parallel_for(0, first_chunk.back(), 1, [&](int64_t begin, int64_t end) {
-    size_t w = std::upper_bound(first_chunk.begin(), first_chunk.end(), begin) - first_chunk.begin() - 1;
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      while (chunk >= first_chunk[w + 1]) ++w;
-      const RowsWork& item = work[w];
-      const int64_t row_begin = (chunk - first_chunk[w]) * item.rows_per_chunk;
-      item.rows(item, row_begin, std::min(row_begin + item.rows_per_chunk, item.outer));
-    }
-  });
+  // Small tensors share a thread-pool wake-up instead of paying one each.
+  run_rows(work);
 }
 
 }  // namespace

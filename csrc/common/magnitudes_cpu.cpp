@@ -2,7 +2,6 @@
 // (tensor, chunk) pairs. Magnitudes are compared as the bits of |x| (sign cleared): for floats of one sign the bits
 // are ordered like the values, and a NaN's bits are above infinity's, so the maximum is exact and a NaN anywhere
 // makes the result a NaN, in an integer loop that vectorises.
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -10,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu_tensor_tasks.h"
 #include "kernel_registration.h"
 #include "numerics.h"
 #include "tensor_checks.h"
@@ -53,30 +53,25 @@ void max_magnitudes_cpu(at::Tensor out, at::TensorList tensors) {
   check_operand(out, "out", out, at::kFloat);
   TORCH_CHECK_VALUE(out.numel() == static_cast<int64_t>(tensors.size()), "lit_microopt: out must hold one entry per "
                     "tensor (", tensors.size(), "), got ", out.numel());
-  std::vector<int64_t> first_chunk(tensors.size() + 1, 0);
+  std::vector<int64_t> chunks(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     check_operand(tensors[i], "tensors", out);
     const at::ScalarType dtype = tensors[i].scalar_type();
     TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, "lit_microopt: tensors[",
                       i, "] must be float32, bfloat16 or float16, got ", dtype);
-    first_chunk[i + 1] = first_chunk[i] + (tensors[i].numel() + kChunkElements - 1) / kChunkElements;
+    chunks[i] = (tensors[i].numel() + kChunkElements - 1) / kChunkElements;
   }
-  std::vector<uint32_t> chunk_bits(first_chunk.back());
-  at::parallel_for(0, first_chunk.back(), 1, [&](int64_t begin, int64_t end) {
-    size_t i = std::upper_bound(first_chunk.begin(), first_chunk.end(), begin) - first_chunk.begin() - 1;
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      while (chunk >= first_chunk[i + 1]) ++i;
-      const int64_t start = (chunk - first_chunk[i]) * kChunkElements;
-      chunk_bits[chunk] = chunk_magnitude(tensors[i], start, std::min(start + kChunkElements, tensors[i].numel()));
-    }
+  // Each tensor's chunks in a row of their own: an empty tensor has none, and its magnitude stays 0.
+  std::vector<std::vector<uint32_t>> chunk_bits(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) chunk_bits[i].assign(chunks[i], 0u);
+  parallel_for_tensor_units(chunks, [&](size_t i, int64_t chunk) {
+    const int64_t start = chunk * kChunkElements;
+    chunk_bits[i][chunk] = chunk_magnitude(tensors[i], start, std::min(start + kChunkElements, tensors[i].numel()));
   });
   float* result = out.data_ptr<float>();
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const auto chunks = chunk_bits.begin();
-    const uint32_t bits = first_chunk[i] == first_chunk[i + 1]
-                              ? 0u  // an empty tensor
-                              : *std::max_element(chunks + first_chunk[i], chunks + first_chunk[i + 1]);
-    result[i] = bits_float(bits);
+    const std::vector<uint32_t>& bits = chunk_bits[i];
+    result[i] = bits_float(bits.empty() ? 0u : *std::max_element(bits.begin(), bits.end()));
   }
 }
 

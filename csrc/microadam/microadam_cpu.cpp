@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../common/cpu_rounding.h"
+#include "../common/cpu_tensor_tasks.h"
 #include "microadam_checks.h"
 #include "microadam_chunks.h"
 #include "microadam_math.h"
@@ -495,6 +496,16 @@ UpdateSettings update_settings(int64_t block_size, int64_t k_block, double eps, 
                         static_cast<float>(1.0 - lr * weight_decay), stochastic_param};
 }
 
+// Steps 6 and 7 of one tensor: its blocks in parallel.
+void update_tensor(const UpdateTarget& target, const UpdateSettings& settings) {
+  with_float_type(target.dtype, [&](auto type) {
+    at::parallel_for(0, target.blocks(settings.k_block), 1, [&](int64_t begin, int64_t end) {
+      WindowSums sums(settings.block_size);
+      for (int64_t block = begin; block < end; ++block) update_block<decltype(type)>(target, block, settings, sums);
+    });
+  });
+}
+
 // Steps 6 and 7, block by block (update_block).
 void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, const at::Tensor& window_values,
                             const at::Tensor& row_weights1, const at::Tensor& row_weights2, int64_t block_size,
@@ -507,14 +518,7 @@ void window_adam_update_cpu(at::Tensor param, const at::Tensor& window_indices, 
                             window_indices.data_ptr<int16_t>(), bf16_data(window_values),
                             row_weights1.data_ptr<float>(), row_weights2.data_ptr<float>(), static_cast<float>(c1),
                             static_cast<float>(c2), static_cast<uint32_t>(param_key), static_cast<uint32_t>(decay_key)};
-  const UpdateSettings settings = update_settings(block_size, k_block, eps, lr, weight_decay, stochastic_param);
-  with_float_type(target.dtype, [&](auto type) {
-    using scalar_t = decltype(type);
-    at::parallel_for(0, target.blocks(k_block), 1, [&](int64_t begin, int64_t end) {
-      WindowSums sums(block_size);
-      for (int64_t block = begin; block < end; ++block) update_block<scalar_t>(target, block, settings, sums);
-    });
-  });
+  update_tensor(target, update_settings(block_size, k_block, eps, lr, weight_decay, stochastic_param));
 }
 
 // One MicroAdam step (steps 1 to 7) of every tensor of a list. Where blocks are made of whole buckets, every
@@ -551,33 +555,21 @@ void microadam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
       compress_in_float32(g[i].view(-1), wi[i].select(0, s.row), wv[i].select(0, s.row), e[i], lo[i], hi[i], bucket_size,
                           block_size, k_block, compress[i].k_last, stochastic, s.key, ef_dequant_add_cpu,
                           block_topk_cpu, quantize_remainder);
-      with_float_type(update[i].dtype, [&](auto type) {
-        using scalar_t = decltype(type);
-        at::parallel_for(0, blocks[i], 1, [&](int64_t begin, int64_t end) {
-          WindowSums sums(block_size);
-          for (int64_t block = begin; block < end; ++block) update_block<scalar_t>(update[i], block, settings, sums);
-        });
-      });
+      update_tensor(update[i], settings);
     }
     return;
   }
-  std::vector<int64_t> first_task(p.size() + 1, 0);  // tensor i's blocks are tasks [first_task[i], first_task[i + 1])
-  for (size_t i = 0; i < p.size(); ++i) first_task[i + 1] = first_task[i] + blocks[i];
-  at::parallel_for(0, first_task.back(), 1, [&](int64_t begin, int64_t end) {
-    BlockBuffers buffers(block_size, bucket_size);
-    WindowSums sums(block_size);
-    size_t i = std::upper_bound(first_task.begin(), first_task.end(), begin) - first_task.begin() - 1;
-    for (int64_t task = begin; task < end; ++task) {
-      while (task >= first_task[i + 1]) ++i;  // skips tensors without blocks too
-      const int64_t block = task - first_task[i];
-      with_float_type(compress[i].dtype, [&](auto type) {
-        compress_block<decltype(type)>(compress[i], block, block_size, k_block, bucket_size, stochastic, buffers);
+  parallel_for_tensor_units(
+      blocks, [&] { return std::make_pair(BlockBuffers(block_size, bucket_size), WindowSums(block_size)); },
+      [&](auto& buffers, size_t i, int64_t block) {
+        with_float_type(compress[i].dtype, [&](auto type) {
+          compress_block<decltype(type)>(compress[i], block, block_size, k_block, bucket_size, stochastic,
+                                         buffers.first);
+        });
+        with_float_type(update[i].dtype, [&](auto type) {
+          update_block<decltype(type)>(update[i], block, settings, buffers.second);
+        });
       });
-      with_float_type(update[i].dtype, [&](auto type) {
-        update_block<decltype(type)>(update[i], block, settings, sums);
-      });
-    }
-  });
 }
 
 }  // namespace

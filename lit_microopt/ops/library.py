@@ -144,11 +144,7 @@ def microadam_step_(params, grads, window_indices, window_values, error_feedback
 # one call per device, whatever their number and dtypes.
 @_define("MicroAdam", "max_magnitudes_(Tensor(a!) out, Tensor[] tensors) -> ()")
 def max_magnitudes_(out, tensors):
-    if len(tensors) != out.numel():
-        raise ValueError(f"lit_microopt: out must hold one entry per tensor ({len(tensors)}), got {out.numel()}")
-    # A NaN propagates through abs and amax: an entry is finite exactly when its tensor is.
-    for index, tensor in enumerate(tensors):
-        out[index] = tensor.abs().amax() if tensor.numel() else 0.0
+    microadam_reference.max_magnitudes_(out, tensors)
 
 
 @_define("AdamMini", "adam_mini_update_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor row_denominator, "

@@ -112,14 +112,15 @@ def zeros_like_sharded(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class FlatShard:
     """A parameter's values and gradient as MicroAdam steps them: contiguous tensors, the tensors themselves where they
     are (a whole, contiguous parameter), else copies: a DTensor's local shard flattened and zero-padded to
-    :func:`padded_local_numel` elements, a non-contiguous tensor's values in order. Call :meth:`write_back` after.
+    :func:`padded_local_numel` elements, a non-contiguous tensor's values in order (then ``is_copy``). Call
+    :meth:`write_back` after.
 
     Args:
         param: the parameter, whole or a DTensor.
     """
 
     def __init__(self, param: torch.Tensor) -> None:
-        self._local, self._grad_owner = local_tensor(param), param.grad
+        self._local = local_tensor(param)
         self.param, self.grad = self._local, local_tensor(param.grad)
         self.padded = is_dtensor(param) and self._local.numel() != padded_local_numel(param)
         if self.padded:
@@ -129,13 +130,10 @@ class FlatShard:
             grad = self.grad.new_zeros(self.param.numel())
             grad[:numel] = self.grad.reshape(-1)
             self.grad = grad
+            self.is_copy = True
         else:
+            self.is_copy = not (self.param.is_contiguous() and self.grad.is_contiguous())
             self.param, self.grad = self.param.contiguous(), self.grad.contiguous()  # no copy when contiguous
-
-    @property
-    def is_copy(self) -> bool:
-        """Whether the values or the gradient stepped are copies (rather than the tensors themselves)."""
-        return self.param is not self._local or self.grad is not local_tensor(self._grad_owner)
 
     def write_back(self) -> None:
         """Copy the stepped values into the local shard (nothing to do when it was stepped in place)."""

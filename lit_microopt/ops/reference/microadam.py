@@ -340,6 +340,16 @@ def window_adam_update_(
             target[flat_positions] = updated.to(param.dtype)
 
 
+def max_magnitudes_(out: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """``out[i] = max |tensors[i]|`` in float32, 0 for an empty tensor: what the checks before a step read (a
+    finite gradient, an error feedback in range). A NaN propagates through abs and amax, so an entry is finite
+    exactly when its tensor is."""
+    if len(tensors) != out.numel():
+        raise ValueError(f"lit_microopt: out must hold one entry per tensor ({len(tensors)}), got {out.numel()}")
+    for index, tensor in enumerate(tensors):
+        out[index] = tensor.abs().amax() if tensor.numel() else 0.0
+
+
 def row_weights(beta: float, step: int, m: int, device: torch.device) -> torch.Tensor:
     """``beta ** age(r)`` in float32 for the filled rows ``r < min(t, m)`` of the window, ``age(r) = (t - 1 - r) mod m``
     (step 6)."""
