@@ -23,6 +23,17 @@
 #define LMO_CPU_CLONES
 #endif
 
+// The pieces a cloned function is made of are inlined into it, and so compiled for each of its targets (a call to a
+// separate function would run that function's own, baseline, code). Lambdas take the attribute after their
+// parameter list: [&](auto x) LMO_CPU_INLINE_LAMBDA { ... }.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define LMO_CPU_INLINE inline __attribute__((always_inline))
+#define LMO_CPU_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define LMO_CPU_INLINE inline
+#define LMO_CPU_INLINE_LAMBDA
+#endif
+
 namespace lit_microopt {
 
 LMO_HOST_DEVICE uint32_t float_bits(float value) {
@@ -87,16 +98,18 @@ LMO_HOST_DEVICE uint16_t float_to_bfloat16(float value) {
 // (up), as torch.nextafter does.
 LMO_HOST_DEVICE uint16_t bfloat16_next(uint16_t bits, bool up) {
   const bool negative = bits & 0x8000u;
-  if ((bits & 0x7fffu) == 0) return up ? 0x0001u : 0x8001u;  // from +0 or -0
-  return static_cast<uint16_t>((negative != up) ? bits + 1 : bits - 1);
+  const uint16_t away = static_cast<uint16_t>((negative != up) ? bits + 1 : bits - 1);
+  return (bits & 0x7fffu) == 0 ? static_cast<uint16_t>(up ? 0x0001u : 0x8001u) : away;  // from +0 or -0
 }
 
-// Largest bfloat16 <= value (down) or smallest bfloat16 >= value (up): the bucket range of step 5.
+// Largest bfloat16 <= value (down) or smallest bfloat16 >= value (up): the bucket range of step 5. Both
+// candidates are computed and one selected: whether rounding went the wrong way is a coin toss, which a branch
+// (taken twice per bucket) would mispredict half the time.
 LMO_HOST_DEVICE uint16_t bfloat16_outward(float value, bool up) {
-  uint16_t rounded = float_to_bfloat16(value);
+  const uint16_t rounded = float_to_bfloat16(value);
   const float back = bfloat16_to_float(rounded);
-  if (up ? back < value : back > value) rounded = bfloat16_next(rounded, up);
-  return rounded;
+  const uint16_t next = bfloat16_next(rounded, up);
+  return (up ? back < value : back > value) ? next : rounded;
 }
 
 // float16 as its 16 bits, widened exactly (as c10::Half's and CUDA's conversions do).
