@@ -68,6 +68,53 @@ def test_dequant_add_is_bit_identical(target, dtype, numel):
     assert torch.equal(actual.cpu(), expected)
 
 
+DEFAULT_BUCKET_SIZES = [64, 128, 640, 8192 + 33]  # whole buckets of the default size 64, and a shorter last one
+
+
+def bucket_64_values(numel, dtype, generator):
+    """Values with what a bucket of 64 meets in practice and at its edges: signed zeros, a constant bucket (unit 0),
+    magnitudes far apart (finite in float16)."""
+    values = torch.randn(numel, generator=generator) * torch.logspace(-4, 4, numel)[torch.randperm(numel, generator=generator)]
+    values[:64] = 0.0
+    values[1:64:2] = -0.0
+    if numel >= 128:
+        values[64:128] = 3.0
+    return values.to(dtype)
+
+
+@pytest.mark.parametrize("numel", DEFAULT_BUCKET_SIZES)
+def test_dequant_add_with_buckets_of_64_is_bit_identical(target, dtype, numel):
+    """Buckets of the default size take their own vector code on the CPU."""
+    require_kernels(target)
+    generator = torch.Generator().manual_seed(numel)
+    state = error_feedback_state(numel, 64, generator)
+    accumulator = bucket_64_values(numel, dtype, generator)
+    expected = accumulator.clone()
+    reference.ef_dequant_add_(expected, *state, 64)
+    actual = accumulator.to(target.device)
+    target.ops.ef_dequant_add_(actual, *on(target.device, state), 64)
+    assert torch.equal(actual.cpu(), expected)
+
+
+@pytest.mark.parametrize("numel", DEFAULT_BUCKET_SIZES)
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_quantize_and_compression_with_buckets_of_64_are_bit_identical(target, dtype, numel, stochastic):
+    require_kernels(target)
+    generator = torch.Generator().manual_seed(numel)
+    layout = ops.TopKLayout.of(numel, 256, 0.05)
+    accumulator = bucket_64_values(numel, dtype, generator)
+    indices, values = window_row(layout)
+    reference.block_topk(accumulator, indices, values, layout)
+    state = [accumulator, *error_feedback_state(numel, 64, torch.Generator().manual_seed(0))]
+    expected = [tensor.clone() for tensor in state]
+    reference.ef_quantize_(expected[0], indices, *expected[1:], 64, layout, stochastic, 987654321)
+    actual = on(target.device, state)
+    target.ops.ef_quantize_(actual[0], indices.to(target.device), *actual[1:], 64, layout.block_size, layout.k_block,
+                            stochastic, 987654321)
+    assert_all_equal(actual, expected)
+    assert_fused_equals_three_steps(target, dtype, layout, 64, stochastic)
+
+
 def topk_on(target, accumulator, layout):
     """(expected, actual) window rows of the reference on the CPU and of the target's kernel."""
     expected = window_row(layout)
