@@ -85,42 +85,29 @@ __attribute__((target("avx2"))) inline void add_dequantized_64_avx2(const float*
 }
 #endif
 
-// Step 2 on one bucket of `count` elements, its codes one per byte: out = g + Q^-1(e), computed in float32 and
-// stored as out_t (rounded to the gradient's dtype by the op, kept float32 by the fused pass).
+// Step 2 on one bucket of `count` elements: out = g + Q^-1(e), computed in float32 and stored as out_t (rounded to
+// the gradient's dtype by the op, kept float32 by the fused pass). `codes` is scratch for count + 1 codes.
 template <typename scalar_t, typename out_t, typename Count>
-LMO_CPU_INLINE void add_dequantized_bucket(const scalar_t* gradient, const uint8_t* codes, BucketScale scale,
-                                           Count length, out_t* out) {
+LMO_CPU_INLINE void add_dequantized_bucket(const scalar_t* gradient, const uint8_t* packed, BucketScale scale,
+                                           Count length, uint8_t* codes, out_t* out) {
   const int64_t count = length;
+#if LMO_CPU_AVX2_KERNELS
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<out_t, float>) {
+    if (count == 64 && __builtin_cpu_supports("avx2")) return add_dequantized_64_avx2(gradient, packed, scale, out);
+  }
+#endif
+  unpack_codes(packed, count, codes);
   for (int64_t j = 0; j < count; ++j) {
     out[j] = static_cast<out_t>(static_cast<float>(gradient[j]) + dequantize(codes[j], scale.low, scale.unit));
   }
 }
 
 // Step 2 on `length` elements (bucket_size a bucket, the last one possibly shorter), from bucket 0 of `lows`,
-// `highs` and byte 0 of `packed`; `codes` is scratch for length + 1 codes.
+// `highs` and byte 0 of `packed`; `codes` is scratch for bucket_size + 1 codes.
 template <typename scalar_t, typename out_t, typename Count>
 LMO_CPU_INLINE void add_dequantized_buckets(const scalar_t* gradient, const uint8_t* packed, const uint16_t* lows,
                                             const uint16_t* highs, int64_t length, Count bucket_size, uint8_t* codes,
                                             out_t* out) {
-#if LMO_CPU_AVX2_KERNELS
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<out_t, float>) {
-    if (bucket_size == 64 && __builtin_cpu_supports("avx2")) {
-      const int64_t whole = length / 64;
-      for (int64_t bucket = 0; bucket < whole; ++bucket) {
-        add_dequantized_64_avx2(gradient + 64 * bucket, packed + 32 * bucket, bucket_scale(lows[bucket], highs[bucket]),
-                                out + 64 * bucket);
-      }
-      if (whole * 64 < length) {
-        const int64_t offset = whole * 64;
-        unpack_codes(packed + offset / 2, length - offset, codes);
-        add_dequantized_bucket(gradient + offset, codes, bucket_scale(lows[whole], highs[whole]), length - offset,
-                               out + offset);
-      }
-      return;
-    }
-  }
-#endif
-  unpack_codes(packed, length, codes);
   const int64_t size = bucket_size, whole = length / size;
   BucketScale scales[kBucketBatch];
   for (int64_t batch = 0; batch < whole; batch += kBucketBatch) {
@@ -128,29 +115,29 @@ LMO_CPU_INLINE void add_dequantized_buckets(const scalar_t* gradient, const uint
     for (int64_t i = 0; i < count; ++i) scales[i] = bucket_scale(lows[batch + i], highs[batch + i]);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t offset = (batch + i) * size;
-      add_dequantized_bucket(gradient + offset, codes + offset, scales[i], bucket_size, out + offset);
+      add_dequantized_bucket(gradient + offset, packed + offset / 2, scales[i], bucket_size, codes, out + offset);
     }
   }
   if (const int64_t offset = whole * size; offset < length) {
-    add_dequantized_bucket(gradient + offset, codes + offset, bucket_scale(lows[whole], highs[whole]), length - offset,
-                           out + offset);
+    add_dequantized_bucket(gradient + offset, packed + offset / 2, bucket_scale(lows[whole], highs[whole]),
+                           length - offset, codes, out + offset);
   }
 }
 
 // Step 3 on one block held as floats: the k entries of largest |a| (ties: lowest positions first), written in
 // position order. The block is read as `rows` rows of `columns` elements. Any bound that k column maxima reach
 // is at most the k-th largest |a| (those columns hold k distinct entries that reach it), so only columns whose
-// maximum reaches the bound can hold a kept entry. The bound is the lower edge of the histogram bin that holds
-// the k-th largest column maximum. One vectorised pass over the block, then work on about k * rows entries.
-constexpr int kBinShift = 20;  // bins of |a|'s bits: the exponent and 3 bits of mantissa
-constexpr int kBins = 1 << (31 - kBinShift);
+// maximum reaches the bound can hold a kept entry. The bound is the lower edge of the bin (of |a|'s bits) that holds
+// the k-th largest column maximum: fine bins keep the candidates few. One vectorised pass over the block, a few
+// over the column maxima, then work on about k * rows entries.
+constexpr int kBinShift = 16;  // bins of |a|'s bits: the exponent and 7 bits of mantissa
 
 struct SelectBuffers {
   explicit SelectBuffers(int64_t block_size)
-      : column_max(block_size), magnitudes(block_size), histogram(kBins), flagged(block_size),
+      : column_max(block_size), magnitudes(block_size), flagged(block_size),
         candidates(block_size) {}
   std::vector<uint32_t> column_max, magnitudes;
-  std::vector<int32_t> histogram, flagged, candidates;  // flagged columns and candidate positions, ascending
+  std::vector<int32_t> flagged, candidates;  // flagged columns and candidate positions, ascending
 };
 
 // |value| as bits: ordered like the magnitudes (NaN above infinity, as torch.topk ranks it).
@@ -168,19 +155,41 @@ LMO_CPU_INLINE void column_maxima(const float* values, int64_t length, int64_t c
   }
 }
 
-// The lower edge of the bin that holds the k-th largest column maximum (k <= columns).
-LMO_CPU_INLINE uint32_t column_bound(const uint32_t* column_max, int64_t columns, int64_t k, std::vector<int32_t>& histogram) {
-  std::fill(histogram.begin(), histogram.end(), 0);
+// How many column maxima reach `bound` (a loop that vectorises).
+LMO_CPU_INLINE int64_t count_reaching(const uint32_t* column_max, int64_t columns, uint32_t bound) {
+  int32_t count = 0;
+  for (int64_t column = 0; column < columns; ++column) count += column_max[column] >= bound;
+  return count;
+}
+
+// The lower edge of the bin that holds the k-th largest column maximum (k <= columns): the largest bin edge that
+// k column maxima reach. Searched down from the top bin, by steps that double and then by halving, with one
+// counting pass per try: the bin is usually a few below the top.
+LMO_CPU_INLINE uint32_t column_bound(const uint32_t* column_max, int64_t columns, int64_t k) {
   uint32_t top = 0;
-  for (int64_t column = 0; column < columns; ++column) {
-    const uint32_t bin = column_max[column] >> kBinShift;
-    ++histogram[bin];
-    top = bin > top ? bin : top;
+  for (int64_t column = 0; column < columns; ++column) top = column_max[column] > top ? column_max[column] : top;
+  const auto reached = [&](uint32_t bin) LMO_CPU_INLINE_LAMBDA {
+    return count_reaching(column_max, columns, bin << kBinShift) >= k;
+  };
+  // Fewer than k maxima reach bin `failed` (at first the one above the top), k or more reach bin `found` (bin 0:
+  // every column reaches it, and k <= columns).
+  uint32_t failed = (top >> kBinShift) + 1, found = 0;
+  for (uint32_t step = 1; failed > step; step *= 2) {
+    if (reached(failed - step)) {
+      found = failed - step;
+      break;
+    }
+    failed -= step;
   }
-  int64_t above = 0;
-  uint32_t bin = top;
-  while (above + histogram[bin] < k) above += histogram[bin--];
-  return bin << kBinShift;
+  while (failed - found > 1) {
+    const uint32_t middle = found + (failed - found) / 2;
+    if (reached(middle)) {
+      found = middle;
+    } else {
+      failed = middle;
+    }
+  }
+  return found << kBinShift;
 }
 
 LMO_CPU_INLINE void select_block(const float* values, int64_t length, int64_t k, int16_t* indices, uint16_t* kept,
@@ -191,7 +200,7 @@ LMO_CPU_INLINE void select_block(const float* values, int64_t length, int64_t k,
   const int64_t columns = (length + rows - 1) / rows;
   uint32_t* column_max = buffers.column_max.data();
   column_maxima(values, length, columns, column_max);
-  const uint32_t bound = column_bound(column_max, columns, k, buffers.histogram);
+  const uint32_t bound = column_bound(column_max, columns, k);
   // Branch-free compaction (a write at every step, the count moves only when kept): whether an entry passes
   // is a coin toss the branch predictor would lose.
   int32_t* flagged = buffers.flagged.data();
