@@ -28,9 +28,12 @@
 // parameter list: [&](auto x) LMO_CPU_INLINE_LAMBDA { ... }.
 #if defined(__GNUC__) && !defined(__CUDACC__)
 #define LMO_CPU_INLINE inline __attribute__((always_inline))
-#define LMO_CPU_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define LMO_CPU_INLINE inline
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define LMO_CPU_INLINE_LAMBDA __attribute__((always_inline))
+#else
 #define LMO_CPU_INLINE_LAMBDA
 #endif
 
