@@ -60,11 +60,14 @@ def test_dequant_add_is_bit_identical(target, dtype, numel):
     require_kernels(target)
     generator = torch.Generator().manual_seed(numel)
     state = error_feedback_state(numel, 16, generator)
-    accumulator = torch.randn(numel, generator=generator).to(dtype)
+    assert_dequant_add_matches(target, torch.randn(numel, generator=generator).to(dtype), state, 16)
+
+
+def assert_dequant_add_matches(target, accumulator, state, bucket_size):
     expected = accumulator.clone()
-    reference.ef_dequant_add_(expected, *state, 16)
+    reference.ef_dequant_add_(expected, *state, bucket_size)
     actual = accumulator.to(target.device)
-    target.ops.ef_dequant_add_(actual, *on(target.device, state), 16)
+    target.ops.ef_dequant_add_(actual, *on(target.device, state), bucket_size)
     assert torch.equal(actual.cpu(), expected)
 
 
@@ -88,12 +91,7 @@ def test_dequant_add_with_buckets_of_64_is_bit_identical(target, dtype, numel):
     require_kernels(target)
     generator = torch.Generator().manual_seed(numel)
     state = error_feedback_state(numel, 64, generator)
-    accumulator = bucket_64_values(numel, dtype, generator)
-    expected = accumulator.clone()
-    reference.ef_dequant_add_(expected, *state, 64)
-    actual = accumulator.to(target.device)
-    target.ops.ef_dequant_add_(actual, *on(target.device, state), 64)
-    assert torch.equal(actual.cpu(), expected)
+    assert_dequant_add_matches(target, bucket_64_values(numel, dtype, generator), state, 64)
 
 
 @pytest.mark.parametrize("numel", DEFAULT_BUCKET_SIZES)
@@ -102,16 +100,7 @@ def test_quantize_and_compression_with_buckets_of_64_are_bit_identical(target, d
     require_kernels(target)
     generator = torch.Generator().manual_seed(numel)
     layout = ops.TopKLayout.of(numel, 256, 0.05)
-    accumulator = bucket_64_values(numel, dtype, generator)
-    indices, values = window_row(layout)
-    reference.block_topk(accumulator, indices, values, layout)
-    state = [accumulator, *error_feedback_state(numel, 64, torch.Generator().manual_seed(0))]
-    expected = [tensor.clone() for tensor in state]
-    reference.ef_quantize_(expected[0], indices, *expected[1:], 64, layout, stochastic, 987654321)
-    actual = on(target.device, state)
-    target.ops.ef_quantize_(actual[0], indices.to(target.device), *actual[1:], 64, layout.block_size, layout.k_block,
-                            stochastic, 987654321)
-    assert_all_equal(actual, expected)
+    assert_quantize_matches(target, bucket_64_values(numel, dtype, generator), layout, 64, stochastic)
     assert_fused_equals_three_steps(target, dtype, layout, 64, stochastic)
 
 
@@ -171,15 +160,19 @@ def test_quantize_is_bit_identical(target, dtype, numel, stochastic):
     require_kernels(target)
     generator = torch.Generator().manual_seed(numel)
     layout = ops.TopKLayout.of(numel, 16, 0.25)
-    accumulator = (3 * torch.randn(numel, generator=generator)).to(dtype)
+    assert_quantize_matches(target, (3 * torch.randn(numel, generator=generator)).to(dtype), layout, 16, stochastic)
+
+
+def assert_quantize_matches(target, accumulator, layout, bucket_size, stochastic):
+    """ef_quantize_ of the target against the reference, after the reference's Top-K of ``accumulator``."""
     indices, values = window_row(layout)
     reference.block_topk(accumulator, indices, values, layout)
-    state = [accumulator, *error_feedback_state(numel, 16, torch.Generator().manual_seed(0))]
+    state = [accumulator, *error_feedback_state(layout.numel, bucket_size, torch.Generator().manual_seed(0))]
     expected = [tensor.clone() for tensor in state]
-    reference.ef_quantize_(expected[0], indices, *expected[1:], 16, layout, stochastic, 987654321)
+    reference.ef_quantize_(expected[0], indices, *expected[1:], bucket_size, layout, stochastic, 987654321)
     actual = on(target.device, state)
-    target.ops.ef_quantize_(actual[0], indices.to(target.device), *actual[1:], 16, layout.block_size, layout.k_block,
-                            stochastic, 987654321)
+    target.ops.ef_quantize_(actual[0], indices.to(target.device), *actual[1:], bucket_size, layout.block_size,
+                            layout.k_block, stochastic, 987654321)
     assert_all_equal(actual, expected)
 
 
