@@ -26,26 +26,19 @@ LMO_CPU_INLINE void load_floats(const scalar_t* source, int64_t length, float* d
 }
 
 // The loops of the per-tensor ops over a range of their work units (buckets or blocks), each a whole function
-// compiled for AVX2 and for any x86-64 (the helpers above are inlined into them). Ranges are processed in spans of
-// about kSpanElements elements, whole buckets, through buffers of that size.
-constexpr int64_t kSpanElements = 8192;
-
-LMO_CPU_INLINE int64_t span_buckets(int64_t bucket_size) { return std::max<int64_t>(1, kSpanElements / bucket_size); }
+// compiled for AVX2 and for any x86-64 (the helpers above are inlined into them).
 
 // Step 2 in place on buckets [first_bucket, last_bucket) of a tensor of `numel` elements (the op ef_dequant_add_).
 template <typename scalar_t>
 LMO_CPU_CLONES void dequant_add_buckets(scalar_t* values, int64_t numel, const uint8_t* packed, const uint16_t* lows,
                                         const uint16_t* highs, int64_t bucket_size, int64_t first_bucket,
                                         int64_t last_bucket) {
-  std::vector<uint8_t> codes(span_buckets(bucket_size) * bucket_size + 1);
-  for (int64_t bucket = first_bucket; bucket < last_bucket; bucket += span_buckets(bucket_size)) {
-    const int64_t start = bucket * bucket_size;
-    const int64_t length = std::min(std::min(last_bucket - bucket, span_buckets(bucket_size)) * bucket_size, numel - start);
-    with_bucket_length(bucket_size, [&](auto size) LMO_CPU_INLINE_LAMBDA {
-      add_dequantized_buckets(values + start, packed + start / 2, lows + bucket, highs + bucket, length, size,
-                              codes.data(), values + start);
-    });
-  }
+  std::vector<uint8_t> codes(bucket_size + 1);
+  const int64_t start = first_bucket * bucket_size, length = std::min(last_bucket * bucket_size, numel) - start;
+  with_bucket_length(bucket_size, [&](auto size) LMO_CPU_INLINE_LAMBDA {
+    add_dequantized_buckets(values + start, packed + start / 2, lows + first_bucket, highs + first_bucket, length,
+                            size, codes.data(), values + start);
+  });
 }
 
 // Step 3 on Top-K blocks [first_block, last_block) of a tensor (the op block_topk): `k_block` entries from a whole
@@ -65,15 +58,20 @@ LMO_CPU_CLONES void select_blocks(const scalar_t* values, int64_t numel, int64_t
 }
 
 // Step 5 on buckets [first_bucket, last_bucket) of a tensor (the op ef_quantize_, once the kept entries are
-// removed). `first_element` is the tensor's first element's index in the random stream's numbering.
+// removed), in spans of about kSpanElements elements converted to float32. `first_element` is the tensor's first
+// element's index in the random stream's numbering.
+constexpr int64_t kSpanElements = 8192;
+
+LMO_CPU_INLINE int64_t span_buckets(int64_t bucket_size) { return std::max<int64_t>(1, kSpanElements / bucket_size); }
+
 template <typename scalar_t>
 LMO_CPU_CLONES void quantize_bucket_range(const scalar_t* values, int64_t numel, int64_t bucket_size,
                                           int64_t first_element, bool stochastic, uint32_t stream, uint16_t* lows,
                                           uint16_t* highs, uint8_t* codes, int64_t first_bucket, int64_t last_bucket) {
   std::vector<float> span(span_buckets(bucket_size) * bucket_size);
   for (int64_t bucket = first_bucket; bucket < last_bucket; bucket += span_buckets(bucket_size)) {
-    const int64_t start = bucket * bucket_size;
-    const int64_t length = std::min(std::min(last_bucket - bucket, span_buckets(bucket_size)) * bucket_size, numel - start);
+    const int64_t end = std::min(last_bucket, bucket + span_buckets(bucket_size));
+    const int64_t start = bucket * bucket_size, length = std::min(end * bucket_size, numel) - start;
     load_floats(values + start, length, span.data());
     with_bucket_length(bucket_size, [&](auto size) LMO_CPU_INLINE_LAMBDA {
       quantize_buckets(span.data(), length, size, first_element + start, stochastic, stream, lows + bucket,
@@ -96,20 +94,20 @@ struct CompressTarget {
   int64_t blocks(int64_t block_size) const { return (numel + block_size - 1) / block_size; }
 };
 
-// A thread's buffers for whole blocks: the float32 accumulator, the Top-K selection's, the codes'.
+// A thread's buffers for whole blocks: the float32 accumulator, the Top-K selection's, a bucket's codes one per byte.
 struct BlockBuffers {
   explicit BlockBuffers(int64_t block_size) : select(block_size), a(block_size), codes(block_size + 1) {}
   SelectBuffers select;
   std::vector<float> a;
-  std::vector<uint8_t> codes;  // one per byte
+  std::vector<uint8_t> codes;
 };
 
 // Steps 2 to 5 of one Top-K block made of whole buckets, in one pass: the block is dequantized into a float32
 // buffer (the accumulator is float32 whatever the gradient's dtype), its Top-K written to the window, the kept
 // entries removed and its buckets quantized, all while it sits in cache. The gradient is not written back.
 template <typename scalar_t>
-LMO_CPU_CLONES void compress_block(const CompressTarget& t, int64_t block, int64_t block_size, int64_t k_block, int64_t bucket_size,
-                    bool stochastic, BlockBuffers& buffers) {
+LMO_CPU_CLONES void compress_block(const CompressTarget& t, int64_t block, int64_t block_size, int64_t k_block,
+                                   int64_t bucket_size, bool stochastic, BlockBuffers& buffers) {
   const scalar_t* gradient = static_cast<const scalar_t*>(t.gradient);
   float* a = buffers.a.data();
   const int64_t start = block * block_size, length = std::min(block_size, t.numel - start);
