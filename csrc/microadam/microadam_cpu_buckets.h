@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "microadam_math.h"
@@ -31,6 +33,18 @@ LMO_CPU_INLINE void with_bucket_length(int64_t count, F&& f) {
     f(count);
   }
 }
+
+#if LMO_CPU_AVX2_KERNELS
+// Whether the AVX2 code below runs: where the processor has AVX2, unless PyTorch's ATEN_CPU_CAPABILITY asks for the
+// baseline ("default"), as it does of PyTorch's own kernels; that is how the tests run the portable code too.
+inline bool use_avx2_code() {
+  static const bool use = __builtin_cpu_supports("avx2") && [] {
+    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+    return capability == nullptr || std::strcmp(capability, "default") != 0;
+  }();
+  return use;
+}
+#endif
 
 // Buckets are processed in batches of this many: each stage of a bucket's work (its range, then its elements)
 // runs for the whole batch before the next, so that the buckets' short dependency chains overlap instead of
@@ -88,7 +102,7 @@ LMO_CPU_INLINE void add_dequantized_bucket(const scalar_t* gradient, const uint8
   const int64_t count = length;
 #if LMO_CPU_AVX2_KERNELS
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<out_t, float>) {
-    if (count == 64 && __builtin_cpu_supports("avx2")) return add_dequantized_64_avx2(gradient, packed, scale, out);
+    if (count == 64 && use_avx2_code()) return add_dequantized_64_avx2(gradient, packed, scale, out);
   }
 #endif
   unpack_codes(packed, count, codes);
@@ -208,7 +222,7 @@ LMO_CPU_INLINE void encode_bucket(const float* values, Count length, BucketScale
   const int64_t count = length, pairs = count / 2;
   const float low = scale.low, unit = scale.unit;
 #if LMO_CPU_AVX2_KERNELS
-  if (count == 64 && !stochastic && __builtin_cpu_supports("avx2")) return encode_64_nearest_avx2(values, scale, codes);
+  if (count == 64 && !stochastic && use_avx2_code()) return encode_64_nearest_avx2(values, scale, codes);
 #endif
   if (stochastic) {
     for (int64_t i = 0; i < pairs; ++i) {

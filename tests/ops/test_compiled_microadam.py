@@ -104,6 +104,18 @@ def test_quantize_and_compression_with_buckets_of_64_are_bit_identical(target, d
     assert_fused_equals_three_steps(target, dtype, layout, 64, stochastic)
 
 
+def test_buckets_of_64_in_portable_code_are_bit_identical():
+    """Where the processor has AVX2, buckets of 64 run AVX2 code; ATEN_CPU_CAPABILITY=default turns it off (as it
+    does for PyTorch's own kernels), and the portable code they run then matches the reference too."""
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "buckets_of_64 and cpu"],
+        capture_output=True, text=True, env=environment, cwd=Path(__file__).parents[2], timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
 def topk_on(target, accumulator, layout):
     """(expected, actual) window rows of the reference on the CPU and of the target's kernel."""
     expected = window_row(layout)
