@@ -1,6 +1,6 @@
 // MicroAdam's ops on the CPU: the same steps as lit_microopt/ops/reference/microadam.py, parallel over
-// Top-K blocks or quantization buckets with at::parallel_for. Inputs are the 1-D contiguous views the
-// optimizer passes; every check names the argument that is wrong.
+// Top-K blocks or quantization buckets with at::parallel_for, on the block kernels of microadam_cpu_blocks.h.
+// Inputs are the 1-D contiguous views the optimizer passes; every check names the argument that is wrong.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

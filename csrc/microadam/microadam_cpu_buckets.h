@@ -269,6 +269,7 @@ LMO_CPU_INLINE void quantize_buckets(const float* values, int64_t length, Count 
     encode_bucket(values + offset, length - offset, scale, first + offset, stochastic, stream, codes + offset / 2);
   }
 }
+
 }  // namespace
 }  // namespace microadam
 }  // namespace lit_microopt

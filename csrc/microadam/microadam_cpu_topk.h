@@ -126,6 +126,7 @@ LMO_CPU_INLINE void select_block(const float* values, int64_t length, int64_t k,
     }
   }
 }
+
 }  // namespace
 }  // namespace microadam
 }  // namespace lit_microopt
